@@ -1,0 +1,2 @@
+//! wedsync: the real-time collaboration server for wedding plans.
+pub mod store;
