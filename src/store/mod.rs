@@ -70,3 +70,9 @@ pub trait Store: Send + Sync + 'static {
 
 /// Shared handle to a store.
 pub type SharedStore = Arc<dyn Store>;
+
+mod flusher;
+mod memory;
+
+pub use flusher::Flusher;
+pub use memory::MemoryStore;
