@@ -22,6 +22,7 @@ use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
+use yrs::encoding::write::Write;
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::StateVector;
 

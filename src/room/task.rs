@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info_span, warn, Instrument};
 use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
