@@ -1,2 +1,3 @@
 //! wedsync: the real-time collaboration server for wedding plans.
+pub mod auth;
 pub mod store;
