@@ -1,4 +1,5 @@
 //! wedsync: the real-time collaboration server for wedding plans.
+pub mod auth;
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (flags > env > file > defaults) and its validation.
@@ -10,6 +11,8 @@
 //!   rooms on first use and unloads them when idle.
 //! - [`store`]: the `Store` trait, its sled implementation (update log + snapshots with
 //!   checksums), group-commit flushing and the admin tools behind `wedsync doc`.
+//! - [`auth`]: JWT verification into a `Principal` (who, which weddings, view or edit),
+//!   revocations, token minting for `wedsync token`.
 //! - [`api`]: HTTP JSON errors, document-name validation and the document HTTP API.
 //! - [`metrics`]: Prometheus exposition at `/metrics`.
 //!
