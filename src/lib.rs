@@ -1,5 +1,4 @@
 //! wedsync: the real-time collaboration server for wedding plans.
-pub mod auth;
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (flags > env > file > defaults) and its validation.
@@ -21,6 +20,7 @@ pub mod auth;
 //! frame to every other subscriber's bounded outgoing queue; each connection's writer sends it.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod protocol;
