@@ -49,6 +49,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        let status = e.status();
+        let message = if status.is_server_error() {
+            // details go to the log, not to the client
+            tracing::error!(error = %e, "authentication failure");
+            "internal authentication error".to_string()
+        } else {
+            e.to_string()
+        };
+        ApiError::new(status, e.code(), message)
+    }
+}
+
 impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> ApiError {
         match e {

@@ -13,6 +13,8 @@
 //! - [`auth`]: JWT verification into a `Principal` (who, which weddings, view or edit),
 //!   revocations, token minting for `wedsync token`.
 //! - [`api`]: HTTP JSON errors, document-name validation and the document HTTP API.
+//! - [`sessions`]: live sessions by identity, and the revocation endpoint that ends them.
+//! - [`presence`]: who is connected to a wedding, with token-verified identities.
 //! - [`metrics`]: Prometheus exposition at `/metrics`.
 //!
 //! One update's path: the connection's reader frames and decodes it ([`protocol`]), the room
@@ -23,9 +25,11 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod ws;
 

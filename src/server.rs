@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -23,6 +23,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiError};
+use crate::auth::{token_from_parts, unix_now, Access, AuthConfig, Authenticator, Principal};
+use crate::sessions::Sessions;
 use crate::config::{Config, ConfigError};
 use crate::room::{PeerInfo, Registry};
 use crate::store::{Flusher, SharedStore, SledStore, StoreError};
@@ -44,6 +46,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid authentication settings: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("cannot read the JWT public key {path}: {source}")]
+    KeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -59,43 +68,50 @@ pub struct AppState {
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     pub next_conn: Arc<AtomicU64>,
+    pub auth: Arc<Authenticator>,
+    /// Live sessions by identity (for revocation).
+    pub sessions: Arc<Sessions>,
 }
 
 impl AppState {
-    /// Identity and access of a WebSocket client for `doc`.
-    pub fn peer_info(
-        &self,
-        _query: Option<&str>,
-        _headers: &HeaderMap,
-        _doc: &str,
-    ) -> Result<PeerInfo, ApiError> {
-        Ok(PeerInfo {
-            user: "anonymous".into(),
-            name: None,
-            role: None,
-            can_edit: true,
-            ack: false,
-            connected_at: SystemTime::now(),
-        })
+    /// The verified principal of a request (open development mode: everyone).
+    pub fn principal(&self, query: Option<&str>, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let token = token_from_parts(query, headers)?;
+        Ok(self.auth.authenticate(token.as_deref(), unix_now())?)
     }
 
-    /// Checks an HTTP request's access to `doc` (`edit`: write access needed).
+    /// Authenticates a request for `doc` and checks its access (`edit`: write access needed).
+    /// 401 without a valid token, 403 without the access.
     pub fn authorize(
         &self,
         query: Option<&str>,
         headers: &HeaderMap,
         doc: &str,
         edit: bool,
-    ) -> Result<PeerInfo, ApiError> {
-        let info = self.peer_info(query, headers, doc)?;
-        if edit && !info.can_edit {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this token may only view this document",
-            ));
-        }
-        Ok(info)
+    ) -> Result<(Principal, Access), ApiError> {
+        let principal = self.principal(query, headers)?;
+        let needed = if edit { Access::Edit } else { Access::View };
+        let granted = principal.require(doc, needed)?;
+        Ok((principal, granted))
+    }
+
+    /// Identity and access of a WebSocket client for `doc`.
+    pub fn peer_info(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        doc: &str,
+    ) -> Result<(PeerInfo, Principal), ApiError> {
+        let (principal, access) = self.authorize(query, headers, doc, false)?;
+        let info = PeerInfo {
+            user: principal.user.clone(),
+            name: principal.name.clone(),
+            role: principal.role.map(|r| r.as_str().to_owned()),
+            can_edit: access == Access::Edit,
+            ack: false,
+            connected_at: SystemTime::now(),
+        };
+        Ok((info, principal))
     }
 
     /// Whether `doc` is loaded or was ever stored.
@@ -130,6 +146,8 @@ pub fn app(state: AppState) -> Router {
             "/api/docs/{doc}/update",
             get(api::get_doc_update).post(api::post_doc_update),
         )
+        .route("/api/weddings/{id}/presence", get(crate::presence::presence))
+        .route("/api/admin/revoke", post(crate::sessions::revoke))
         .route("/{doc}", get(crate::ws::upgrade))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -189,14 +207,22 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, STORE_OPEN_DEADLINE))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??;
-        Server::start_with_store(config, Arc::new(store)).await
+        let mut auth = authenticator(&config)?;
+        if !auth.is_open() {
+            auth = auth.with_revocation_tree(store.open_tree("aux:revocations")?)?;
+        }
+        Server::start_with(config, Arc::new(store), auth).await
     }
 
-    /// Like [`Server::start`], on a store the caller opened.
-    pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Server, ServerError> {
+    /// Like [`Server::start`], on a store and authenticator the caller built.
+    pub async fn start_with(
+        config: Config,
+        store: SharedStore,
+        auth: Authenticator,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
         crate::metrics::install();
-        if config.auth.is_open() {
+        if auth.is_open() {
             warn!(
                 "no JWT key configured: open development mode, everyone may edit every document"
             );
@@ -217,6 +243,8 @@ impl Server {
             connections: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             next_conn: Arc::new(AtomicU64::new(1)),
+            auth: Arc::new(auth),
+            sessions: Arc::new(Sessions::default()),
         };
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -273,4 +301,27 @@ impl Server {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Builds the authenticator the configuration asks for (open mode without any key).
+pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
+    let a = &config.auth;
+    if a.is_open() {
+        return Ok(Authenticator::open());
+    }
+    let public_key_pem = match &a.jwt_public_key {
+        Some(path) => Some(std::fs::read(path).map_err(|source| ServerError::KeyFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(Authenticator::new(&AuthConfig {
+        hs256_secret: a.jwt_secret.clone(),
+        public_key_pem,
+        algorithm: None,
+        issuer: a.jwt_issuer.clone(),
+        audience: a.jwt_audience.clone(),
+        leeway_secs: a.jwt_leeway_secs.unwrap_or(crate::auth::DEFAULT_LEEWAY_SECS),
+    })?)
 }

@@ -297,6 +297,21 @@ impl SledStore {
         &self.inner.path
     }
 
+    /// A separate named tree in the same database, for small server records that must survive
+    /// restarts with the documents (e.g. token revocations). Document trees are not reachable
+    /// through it.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        if !name.starts_with("aux:") {
+            return Err(StoreError::Invalid(format!(
+                "auxiliary tree names start with \"aux:\", got {name:?}"
+            )));
+        }
+        self.inner
+            .db
+            .open_tree(name)
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
     /// Raw tree access for the corruption tests (they write garbage where a record should be).
     #[cfg(test)]
     fn tree(&self) -> &sled::Tree {

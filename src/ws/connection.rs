@@ -19,18 +19,35 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
+use crate::auth::{unix_now, Principal};
 use crate::server::AppState;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session until either side closes it.
-pub async fn run(app: AppState, socket: WebSocket, doc: String, conn: ConnId, info: PeerInfo) {
+pub async fn run(
+    app: AppState,
+    socket: WebSocket,
+    doc: String,
+    conn: ConnId,
+    info: PeerInfo,
+    principal: Principal,
+) {
     let span = info_span!("conn", id = conn, doc = %doc, user = %info.user);
-    run_inner(app, socket, doc, conn, info).instrument(span).await
+    run_inner(app, socket, doc, conn, info, principal)
+        .instrument(span)
+        .await
 }
 
-async fn run_inner(app: AppState, socket: WebSocket, doc: String, conn: ConnId, info: PeerInfo) {
+async fn run_inner(
+    app: AppState,
+    socket: WebSocket,
+    doc: String,
+    conn: ConnId,
+    info: PeerInfo,
+    principal: Principal,
+) {
     metrics::counter!("wedsync_connections_total").increment(1);
     metrics::gauge!("wedsync_connections").increment(1.0);
     let limits = &app.config.limits;
@@ -51,13 +68,30 @@ async fn run_inner(app: AppState, socket: WebSocket, doc: String, conn: ConnId, 
     );
 
     let can_edit = info.can_edit;
+    let principal = Arc::new(principal);
+    let deadline = app.auth.session_deadline(&principal).map(unix_to_instant);
+    app.sessions
+        .insert(conn, principal.clone(), closer.clone(), tx.clone());
+    // A revocation that raced with this upgrade (token checked before it was revoked).
+    if app.auth.is_revoked(&principal) {
+        let _ = tx.try_send(protocol::encode_permission_denied("permission denied: token revoked"));
+        closer.close(close::UNAUTHORIZED, "permission denied: token revoked");
+    }
     let link = PeerLink {
         tx: tx.clone(),
         closer: closer.clone(),
     };
     match app.registry.join(&doc, conn, info, link).await {
         Ok(room) => {
-            read_loop(&app, stream, &room, conn, &closer, &tx, &missed_pongs, can_edit).await;
+            let session = Session {
+                conn,
+                closer: &closer,
+                tx: &tx,
+                missed_pongs: &missed_pongs,
+                can_edit,
+                deadline,
+            };
+            read_loop(&app, stream, &room, session).await;
             room.leave(conn).await;
         }
         Err(e) => {
@@ -65,6 +99,7 @@ async fn run_inner(app: AppState, socket: WebSocket, doc: String, conn: ConnId, 
             closer.close(close::INTERNAL, e.to_string());
         }
     }
+    app.sessions.remove(conn);
     // Normal end from the client side: stop the writer too.
     closer.close(1000, "");
     drop(tx);
@@ -76,17 +111,44 @@ async fn run_inner(app: AppState, socket: WebSocket, doc: String, conn: ConnId, 
     metrics::gauge!("wedsync_connections").decrement(1.0);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the reader needs to know about its session.
+struct Session<'a> {
+    conn: ConnId,
+    closer: &'a Arc<Closer>,
+    tx: &'a mpsc::Sender<Bytes>,
+    missed_pongs: &'a AtomicU32,
+    can_edit: bool,
+    /// When the token stops being valid.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Converts a Unix time (seconds) into a tokio instant (so paused-time tests can reach it).
+fn unix_to_instant(unix: u64) -> tokio::time::Instant {
+    let now = unix_now();
+    tokio::time::Instant::now() + Duration::from_secs(unix.saturating_sub(now))
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop(
     app: &AppState,
     mut stream: SplitStream<WebSocket>,
     room: &RoomHandle,
-    conn: ConnId,
-    closer: &Arc<Closer>,
-    tx: &mpsc::Sender<Bytes>,
-    missed_pongs: &AtomicU32,
-    can_edit: bool,
+    session: Session<'_>,
 ) {
+    let Session {
+        conn,
+        closer,
+        tx,
+        missed_pongs,
+        can_edit,
+        deadline,
+    } = session;
     let mut denied_sent = false;
     let mut refused_updates = 0u64;
     loop {
@@ -95,6 +157,11 @@ async fn read_loop(
             _ = closer.closed() => return,
             _ = app.shutdown.cancelled() => {
                 closer.close(close::GOING_AWAY, "server shutting down");
+                return;
+            }
+            _ = sleep_until_opt(deadline) => {
+                let _ = tx.try_send(protocol::encode_permission_denied("permission denied: token expired"));
+                closer.close(close::UNAUTHORIZED, "permission denied: token expired");
                 return;
             }
             msg = stream.next() => msg,
@@ -228,6 +295,17 @@ async fn write_loop(
         }
     }
     if let Some((code, reason)) = closer.frame() {
+        if code != close::TRY_AGAIN {
+            // Deliver what is already queued (e.g. the auth "permission denied" message that
+            // precedes a 4401), within the close timeout.
+            let drain = async {
+                while let Ok(frame) = rx.try_recv() {
+                    sink.feed(WsMessage::Binary(frame)).await?;
+                }
+                sink.flush().await
+            };
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, drain).await;
+        }
         if code != 1000 {
             let frame = CloseFrame {
                 code,

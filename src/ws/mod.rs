@@ -33,8 +33,8 @@ pub async fn upgrade(
     if let Err(e) = validate_doc_name(&doc) {
         return e.into_response();
     }
-    let info = match app.peer_info(query.as_deref(), &headers, &doc) {
-        Ok(info) => info,
+    let (info, principal) = match app.peer_info(query.as_deref(), &headers, &doc) {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     let ws = match ws {
@@ -54,5 +54,5 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(limits.max_message_bytes.saturating_mul(2))
-        .on_upgrade(move |socket| tracker.track_future(connection::run(app, socket, doc, conn, info)))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(app, socket, doc, conn, info, principal)))
 }
