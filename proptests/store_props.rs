@@ -46,6 +46,9 @@ enum Op {
         to: usize,
     },
     Compact,
+    /// A compaction that loaded the document `lag` appends ago (a room compacting while its
+    /// clients keep writing): the entries after its `upto_seq` must survive.
+    CompactLagging { lag: u8 },
     Reopen {
         flush: bool,
     },
@@ -63,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (client.clone(), 0..5u8).prop_map(|(client, key)| Op::RemoveKey { client, key }),
         2 => (client.clone(), client).prop_map(|(from, to)| Op::Sync { from, to }),
         1 => Just(Op::Compact),
+        1 => (0..4u8).prop_map(|lag| Op::CompactLagging { lag }),
         1 => any::<bool>().prop_map(|flush| Op::Reopen { flush }),
     ]
 }
@@ -151,6 +155,20 @@ proptest! {
                     Ok(_) | Err(AdminError::NotFound(_)) => {}
                     Err(e) => return Err(TestCaseError::fail(format!("compact: {e}"))),
                 },
+                Op::CompactLagging { lag } => {
+                    let mut stored = store.load(DOC).expect("load");
+                    let lag = usize::from(*lag);
+                    if lag < stored.updates.len() {
+                        // Entries are numbered consecutively up to last_seq.
+                        stored.updates.truncate(stored.updates.len() - lag);
+                        let upto = stored.last_seq - lag as u64;
+                        let snapshot = admin::materialize(DOC, &stored)
+                            .expect("materialize")
+                            .transact()
+                            .encode_state_as_update_v1(&Default::default());
+                        store.compact(DOC, &snapshot, upto).expect("compact");
+                    }
+                }
                 Op::Reopen { flush } => {
                     if *flush {
                         store.flush().expect("flush");
