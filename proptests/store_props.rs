@@ -48,7 +48,9 @@ enum Op {
     Compact,
     /// A compaction that loaded the document `lag` appends ago (a room compacting while its
     /// clients keep writing): the entries after its `upto_seq` must survive.
-    CompactLagging { lag: u8 },
+    CompactLagging {
+        lag: u8,
+    },
     Reopen {
         flush: bool,
     },
