@@ -827,6 +827,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hanging_open_gives_up_at_the_deadline() {
+        let started = std::time::Instant::now();
+        let result = run_with_deadline("a stuck open", Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        });
+        match result {
+            Err(StoreError::Backend(msg)) => assert!(msg.contains("did not finish"), "{msg}"),
+            other => panic!("expected a deadline error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+
+    #[test]
     fn io_errors_map_full_disk_to_full() {
         use std::io::{Error, ErrorKind};
         // ENOSPC is 28 on Linux and macOS; std maps it to StorageFull.
