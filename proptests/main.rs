@@ -1,1 +1,3 @@
+//! Property tests; one module per subsystem.
 
+mod store_props;

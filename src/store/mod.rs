@@ -28,7 +28,10 @@ pub enum StoreError {
     /// The underlying database failed (I/O error, lock held by another process, ...).
     #[error("storage backend error: {0}")]
     Backend(String),
-    /// The disk (or the quota of the data directory) is full: writes are refused, reads work.
+    /// The disk (or the quota of the data directory) is full. Nothing already flushed is lost,
+    /// but sled 0.34 keeps the error: every later call (reads too) fails with it until the
+    /// store is reopened after space was freed (checked on a 4 MiB tmpfs, see
+    /// `sled_store::experiments`).
     #[error("storage is full: {0}")]
     Full(String),
     /// A stored record of this document failed its checksum or could not be decoded; the

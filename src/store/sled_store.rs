@@ -842,6 +842,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hanging_open_gives_up_at_the_deadline() {
+        let started = std::time::Instant::now();
+        let result = run_with_deadline("a stuck open", Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        });
+        match result {
+            Err(StoreError::Backend(msg)) => assert!(msg.contains("did not finish"), "{msg}"),
+            other => panic!("expected a deadline error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+
+    #[test]
     fn io_errors_map_full_disk_to_full() {
         use std::io::{Error, ErrorKind};
         // ENOSPC is 28 on Linux and macOS; std maps it to StorageFull.
@@ -869,5 +883,113 @@ mod tests {
         longer.push(0);
         assert!(decode_record(&longer).is_err());
         assert!(decode_record(&[]).is_err());
+    }
+}
+
+/// Behaviour of sled itself under damage and a full disk, kept as runnable evidence. Not part
+/// of the normal run: `torn` could leave a helper thread spinning if sled hangs, and `enospc`
+/// needs a small filesystem. Run by hand, e.g.:
+/// `unshare -rm sh -c 'mkdir -p /tmp/tiny && mount -t tmpfs -o size=4m tmpfs /tmp/tiny &&
+///  WEDSYNC_ENOSPC_DIR=/tmp/tiny cargo test --lib store::sled_store::experiments -- --ignored --nocapture'`
+///
+/// Observed with sled 0.34.7: a truncated or overwritten `db` file opened fine and silently
+/// lost the newest flushed records (276 and 144 of 400 left); the survivors passed every
+/// checksum, because sled recovers to its last valid log position. ENOSPC surfaced as
+/// `StorageFull` and then stuck (reads failed too, reopen failed while the disk was full); after
+/// freeing space a reopen returned every acknowledged entry.
+#[cfg(test)]
+mod experiments {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn torn_log_tail_is_bounded_by_the_deadline() {
+        for (name, damage) in [("truncated", 0u8), ("overwritten", 1u8)] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(dir.path(), Duration::from_secs(10)).unwrap();
+                let payload = vec![7u8; 300];
+                for i in 0..400 {
+                    store.append(&format!("d{}", i % 5), &[&payload]).unwrap();
+                }
+                store.flush().unwrap();
+            }
+            let file = dir.path().join("db");
+            let len = std::fs::metadata(&file).unwrap().len();
+            if damage == 0 {
+                let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                f.set_len(len * 2 / 3).unwrap();
+            } else {
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                f.seek(SeekFrom::Start(len / 3)).unwrap();
+                f.write_all(&vec![0xA5u8; (len / 3) as usize]).unwrap();
+            }
+            let started = std::time::Instant::now();
+            let opened = SledStore::open(dir.path(), Duration::from_secs(5));
+            let verdict = match &opened {
+                Ok(store) => {
+                    let verified = store.verify_all(Duration::from_secs(5));
+                    let entries: usize = (0..5)
+                        .map(|i| store.load(&format!("d{i}")).map_or(0, |d| d.updates.len()))
+                        .sum();
+                    format!("open ok; verify_all: {verified:?}; {entries} of 400 entries left")
+                }
+                Err(e) => format!("open failed: {e}"),
+            };
+            eprintln!("{name}: {verdict} after {:?}", started.elapsed());
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn full_disk_gives_full_and_keeps_what_was_stored() {
+        let Ok(dir) = std::env::var("WEDSYNC_ENOSPC_DIR") else {
+            eprintln!("WEDSYNC_ENOSPC_DIR not set; skipped");
+            return;
+        };
+        // A filler file, removed after the failure, stands for the operator freeing space.
+        let filler = Path::new(&dir).join("filler");
+        std::fs::write(&filler, vec![0u8; 1 << 20]).unwrap();
+        let path = Path::new(&dir).join("store");
+        let store = SledStore::open(&path, Duration::from_secs(10)).unwrap();
+        let payload = vec![3u8; 4096];
+        let mut acked = 0u64;
+        let mut error = None;
+        for _ in 0..100_000 {
+            match store
+                .append("big", &[&payload])
+                .and_then(|seq| store.flush().map(|_| seq))
+            {
+                Ok(seq) => acked = seq,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        eprintln!("acknowledged {acked} entries, then {error:?}");
+        eprintln!(
+            "load after error: {:?}",
+            store.load("big").map(|d| d.updates.len())
+        );
+        eprintln!(
+            "append small after error: {:?}",
+            store.append("small", &[b"x"])
+        );
+        drop(store);
+        match SledStore::open(&path, Duration::from_secs(10)) {
+            Ok(_) => eprintln!("reopen on the full disk worked"),
+            Err(e) => eprintln!("reopen on the full disk failed: {e}"),
+        }
+        std::fs::remove_file(&filler).unwrap();
+        match SledStore::open(&path, Duration::from_secs(10)) {
+            Ok(store) => eprintln!(
+                "after freeing space: {:?} entries of 'big' (acknowledged {acked}), verify {:?}",
+                store.load("big").map(|d| d.updates.len()),
+                store.verify_all(Duration::from_secs(10))
+            ),
+            Err(e) => eprintln!("reopen after freeing space failed: {e}"),
+        }
     }
 }
