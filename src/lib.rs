@@ -1,2 +1,3 @@
 //! wedsync: the real-time collaboration server for wedding plans.
 pub mod store;
+pub mod wedding;
