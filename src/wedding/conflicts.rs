@@ -103,11 +103,14 @@ fn item_ref(section: Section, id: &str) -> String {
     format!("{}/{}", section.name(), id)
 }
 
+/// An item id with the item, or the name of the wrong type stored instead of a map.
+type Entry = (String, Result<Item, &'static str>);
+
 /// The items of every section, read once, in key order.
 struct Snapshot {
     meta: Option<Item>,
-    keyed: BTreeMap<Section, Vec<(String, Result<Item, &'static str>)>>,
-    messages: Vec<(String, Result<Item, &'static str>)>,
+    keyed: BTreeMap<Section, Vec<Entry>>,
+    messages: Vec<Entry>,
 }
 
 impl Snapshot {
