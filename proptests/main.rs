@@ -1,1 +1,1 @@
-
+mod wedding_props;
