@@ -85,7 +85,12 @@ impl Conflict {
 /// How late the wedding day runs into the next morning (after-parties), in hours.
 pub const DAY_END_NEXT_MORNING_HOURS: u8 = 6;
 
-/// Every problem in the plan, sorted by kind, then items, then message.
+/// The most conflicts reported; a hostile document (thousands of overlapping slots) could
+/// otherwise make the report quadratic in size. The cut is deterministic.
+pub const MAX_CONFLICTS: usize = 1000;
+
+/// Every problem in the plan, sorted by kind, then items, then message; at most
+/// [`MAX_CONFLICTS`] of them.
 pub fn conflicts<T: ReadTxn>(txn: &T) -> Vec<Conflict> {
     let plan = Snapshot::read(txn);
     let mut out = Vec::new();
@@ -96,6 +101,7 @@ pub fn conflicts<T: ReadTxn>(txn: &T) -> Vec<Conflict> {
     plan.budget(txn, &mut out);
     out.sort();
     out.dedup();
+    out.truncate(MAX_CONFLICTS);
     out
 }
 
@@ -330,11 +336,13 @@ impl Snapshot {
             slots.sort();
             // Every slot here has start < end; sorted by start, a later slot overlaps this one
             // exactly when it starts before this one ends.
+            let mut pairs = 0;
             for (i, (_, e1, a)) in slots.iter().enumerate() {
                 for (s2, _, b) in &slots[i + 1..] {
-                    if s2 >= e1 {
+                    if s2 >= e1 || pairs >= MAX_CONFLICTS {
                         break;
                     }
+                    pairs += 1;
                     out.push(Conflict::new(
                         ConflictKind::VendorDoubleBooked,
                         vec![

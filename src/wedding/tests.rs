@@ -758,3 +758,24 @@ fn wedding_patch_vendor_marks_arrival() {
     );
     assert_eq!(state(&d), before);
 }
+
+#[test]
+fn wedding_conflict_report_is_bounded() {
+    let d = clean_plan();
+    for i in 0..100 {
+        put(
+            &d,
+            "timeline",
+            &format!("x{i:03}"),
+            vec![
+                ("start", s("2025-06-14T10:00:00+01:00")),
+                ("end", s("2025-06-14T11:00:00+01:00")),
+                ("vendor", s("v1")),
+            ],
+        );
+    }
+    // 100 mutually overlapping slots: 4950 pairs, cut deterministically.
+    let found = report(&d);
+    assert_eq!(found.len(), conflicts::MAX_CONFLICTS);
+    assert_eq!(found, report(&d));
+}
