@@ -779,3 +779,26 @@ fn wedding_conflict_report_is_bounded() {
     assert_eq!(found.len(), conflicts::MAX_CONFLICTS);
     assert_eq!(found, report(&d));
 }
+
+#[test]
+fn wedding_roots_of_the_wrong_type_never_panic() {
+    // A client used the wrong root types: `getMap('messages')` and `getArray('timeline')`.
+    let js = doc(7);
+    {
+        let messages = js.get_or_insert_map("messages");
+        let timeline = js.get_or_insert_array("timeline");
+        let mut txn = js.transact_mut();
+        messages.insert(&mut txn, "m1", "hello");
+        timeline.push_back(&mut txn, MapPrelim::from([("start", s("soon"))]));
+    }
+    let server = doc(1);
+    sync(&js, &server);
+    let _ = plan_json(&server.transact());
+    let _ = report(&server);
+    let _ = messages(&server.transact(), None, None, 10);
+    let patched = patch_timeline_item(&mut server.transact_mut(), "0", &TimelinePatch::default());
+    assert!(patched.is_err());
+    let _ = append_message(&mut server.transact_mut(), new_message("m2", "general", 5));
+    let _ = plan_json(&server.transact());
+    let _ = report(&server);
+}
