@@ -1,3 +1,4 @@
 //! Property tests; one module per subsystem.
 
 mod store_props;
+mod wedding_props;

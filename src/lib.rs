@@ -12,6 +12,8 @@
 //!   checksums), group-commit flushing and the admin tools behind `wedsync doc`.
 //! - [`auth`]: JWT verification into a `Principal` (who, which weddings, view or edit),
 //!   revocations, token minting for `wedsync token`.
+//! - [`wedding`]: the wedding-plan schema: a typed JSON view over the Y.Doc, server-side
+//!   writers (messages, timeline and vendor patches) and the conflict checks merges can't give.
 //! - [`api`]: HTTP JSON errors, document-name validation and the document HTTP API.
 //! - [`sessions`]: live sessions by identity, and the revocation endpoint that ends them.
 //! - [`presence`]: who is connected to a wedding, with token-verified identities.
@@ -31,6 +33,7 @@ pub mod room;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod wedding;
 pub mod ws;
 
 pub use config::Config;
