@@ -67,7 +67,9 @@ impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> ApiError {
         match e {
             RoomError::InvalidUpdate(m) => ApiError::bad_request("invalid_update", m),
-            RoomError::NotStored(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", m),
+            RoomError::NotStored(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", m)
+            }
             RoomError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "document_unavailable", m)
             }
@@ -146,14 +148,12 @@ pub async fn get_doc_update(
         }
     };
     if !app.document_exists(&doc).await? {
-        return Err(ApiError::not_found(format!("document {doc:?} does not exist")));
+        return Err(ApiError::not_found(format!(
+            "document {doc:?} does not exist"
+        )));
     }
     let update = app.registry.get(&doc).get_update(sv).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        update,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
 /// `POST /api/docs/{doc}/update`: apply a binary v1 update (edit access). Answers 204 once the
@@ -191,7 +191,10 @@ mod tests {
 
     #[test]
     fn query_params_are_percent_decoded() {
-        assert_eq!(query_param(Some("a=1&token=x%2By"), "token").as_deref(), Some("x+y"));
+        assert_eq!(
+            query_param(Some("a=1&token=x%2By"), "token").as_deref(),
+            Some("x+y")
+        );
         assert_eq!(query_param(Some("ack=1"), "token"), None);
         assert_eq!(query_param(None, "token"), None);
     }

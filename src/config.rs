@@ -114,9 +114,15 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid listen address {0:?}: expected HOST:PORT, e.g. 127.0.0.1:1234")]
     Listen(String),
     #[error(
@@ -191,13 +197,17 @@ impl Config {
         }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
-            return Err(ConfigError::Limit("max_message_bytes must be at least 1024"));
+            return Err(ConfigError::Limit(
+                "max_message_bytes must be at least 1024",
+            ));
         }
         if l.outgoing_queue == 0 {
             return Err(ConfigError::Limit("outgoing_queue must be at least 1"));
         }
         if l.ping_interval.is_zero() || l.max_missed_pongs == 0 {
-            return Err(ConfigError::Limit("ping_interval and max_missed_pongs must be positive"));
+            return Err(ConfigError::Limit(
+                "ping_interval and max_missed_pongs must be positive",
+            ));
         }
         if l.awareness_timeout < Duration::from_secs(1) {
             return Err(ConfigError::Limit("awareness_timeout must be at least 1 s"));
@@ -215,7 +225,10 @@ mod tests {
         let mut c = Config::for_tests(Path::new("/tmp/x"));
         assert!(c.validate().is_ok());
         c.listen = "0.0.0.0:1234".parse().unwrap();
-        assert!(matches!(c.validate(), Err(ConfigError::OpenModeOnPublicAddress(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OpenModeOnPublicAddress(_))
+        ));
         c.insecure_open = true;
         assert!(c.validate().is_ok());
         c.insecure_open = false;

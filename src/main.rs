@@ -19,7 +19,11 @@ use wedsync::store::{admin, SledStore, StoreError};
 use wedsync::Server;
 
 #[derive(Parser)]
-#[command(name = "wedsync", version, about = "Real-time collaboration server for wedding plans")]
+#[command(
+    name = "wedsync",
+    version,
+    about = "Real-time collaboration server for wedding plans"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -264,7 +268,11 @@ fn doc(cmd: DocCommand) -> anyhow::Result<()> {
                 writeln!(out, "{name}")?;
             }
         }
-        DocCommand::Export { doc, out: file, dir } => {
+        DocCommand::Export {
+            doc,
+            out: file,
+            dir,
+        } => {
             let store = open_store(&dir)?;
             let bytes = admin::export(store.as_ref(), &doc)?;
             match file {
@@ -278,7 +286,11 @@ fn doc(cmd: DocCommand) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let store = open_store(&dir)?;
             let seq = admin::import(store.as_ref(), &doc, &bytes)?;
-            writeln!(out, "{}", serde_json::json!({"doc": doc, "stored_seq": seq}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"doc": doc, "stored_seq": seq})
+            )?;
         }
         DocCommand::Compact { doc, dir } => {
             let store = open_store(&dir)?;

@@ -25,5 +25,7 @@ pub async fn presence(
         Some(room) => room.presence().await?,
         None => Vec::new(),
     };
-    Ok(Json(serde_json::json!({"wedding": id, "connected": people})))
+    Ok(Json(
+        serde_json::json!({"wedding": id, "connected": people}),
+    ))
 }

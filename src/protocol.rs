@@ -20,9 +20,9 @@
 
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::encoding::write::Write;
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::StateVector;
 
@@ -118,8 +118,12 @@ pub fn decode_client_frame(data: &[u8]) -> Result<Vec<Message>, FrameError> {
                         let sv = StateVector::decode_v1(buf).map_err(malformed)?;
                         Message::Sync(SyncMessage::SyncStep1(sv))
                     }
-                    s if s == SYNC_STEP2 as u64 => Message::Sync(SyncMessage::SyncStep2(buf.to_vec())),
-                    s if s == SYNC_UPDATE as u64 => Message::Sync(SyncMessage::Update(buf.to_vec())),
+                    s if s == SYNC_STEP2 as u64 => {
+                        Message::Sync(SyncMessage::SyncStep2(buf.to_vec()))
+                    }
+                    s if s == SYNC_UPDATE as u64 => {
+                        Message::Sync(SyncMessage::Update(buf.to_vec()))
+                    }
                     other => return Err(FrameError::UnknownSyncType(other)),
                 }
             }
@@ -200,9 +204,13 @@ mod tests {
         // the update round-trips into a document
         let doc = Doc::new();
         let mut txn = doc.transact_mut();
-        txn.apply_update(yrs::Update::decode_v1(&u).unwrap()).unwrap();
+        txn.apply_update(yrs::Update::decode_v1(&u).unwrap())
+            .unwrap();
         drop(txn);
-        assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), "hello");
+        assert_eq!(
+            doc.get_or_insert_text("t").get_string(&doc.transact()),
+            "hello"
+        );
     }
 
     #[test]
@@ -210,18 +218,30 @@ mod tests {
         let u = update_bytes();
         let mut frame = encode_update(&u).to_vec();
         frame.extend_from_slice(&[0, 2, 10, 1]); // update declaring 10 bytes, only 1 present
-        assert!(matches!(decode_client_frame(&frame), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_client_frame(&frame),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unknown_types_and_acks_are_refused() {
         assert_eq!(decode_client_frame(&[7]), Err(FrameError::UnknownType(7)));
-        assert_eq!(decode_client_frame(&[0, 9, 0]), Err(FrameError::UnknownSyncType(9)));
-        assert_eq!(decode_client_frame(&[100, 1]), Err(FrameError::NotFromClient(100)));
+        assert_eq!(
+            decode_client_frame(&[0, 9, 0]),
+            Err(FrameError::UnknownSyncType(9))
+        );
+        assert_eq!(
+            decode_client_frame(&[100, 1]),
+            Err(FrameError::NotFromClient(100))
+        );
         assert_eq!(decode_client_frame(&[]), Err(FrameError::Empty));
         // a varint that never ends
         assert!(decode_client_frame(&[0xff; 12]).is_err());
-        assert_eq!(FrameError::UnknownType(7).close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            FrameError::UnknownType(7).close_code(),
+            close::PROTOCOL_ERROR
+        );
         assert_eq!(FrameError::Empty.close_code(), close::INVALID_PAYLOAD);
     }
 
@@ -229,7 +249,10 @@ mod tests {
     fn huge_declared_length_does_not_allocate() {
         // sync update declaring a 4 GiB buffer in a 7-byte frame
         let frame = [0u8, 2, 0xff, 0xff, 0xff, 0xff, 0x0f];
-        assert!(matches!(decode_client_frame(&frame), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_client_frame(&frame),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

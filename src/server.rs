@@ -24,15 +24,17 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiError};
 use crate::auth::{token_from_parts, unix_now, Access, AuthConfig, Authenticator, Principal};
-use crate::sessions::Sessions;
 use crate::config::{Config, ConfigError};
 use crate::room::{PeerInfo, Registry};
+use crate::sessions::Sessions;
 use crate::store::{Flusher, SharedStore, SledStore, StoreError};
 
 /// How long sled may take to open the data directory before start-up fails.
 const STORE_OPEN_DEADLINE: Duration = Duration::from_secs(20);
 /// How long shutdown waits for sessions to close before going on regardless.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the last references to the store to go.
+const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,11 @@ pub struct AppState {
 
 impl AppState {
     /// The verified principal of a request (open development mode: everyone).
-    pub fn principal(&self, query: Option<&str>, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    pub fn principal(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Principal, ApiError> {
         let token = token_from_parts(query, headers)?;
         Ok(self.auth.authenticate(token.as_deref(), unix_now())?)
     }
@@ -123,7 +129,9 @@ impl AppState {
         let name = doc.to_owned();
         let stats = tokio::task::spawn_blocking(move || store.stats(&name))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
         match stats {
             Ok(s) => Ok(s.is_some()),
             Err(e) => Err(ApiError::new(
@@ -146,7 +154,10 @@ pub fn app(state: AppState) -> Router {
             "/api/docs/{doc}/update",
             get(api::get_doc_update).post(api::post_doc_update),
         )
-        .route("/api/weddings/{id}/presence", get(crate::presence::presence))
+        .route(
+            "/api/weddings/{id}/presence",
+            get(crate::presence::presence),
+        )
         .route("/api/admin/revoke", post(crate::sessions::revoke))
         .route("/{doc}", get(crate::ws::upgrade))
         .fallback(not_found)
@@ -175,7 +186,11 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
             "store_unavailable",
             e.to_string(),
         )),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
     }
 }
 
@@ -223,18 +238,17 @@ impl Server {
         config.validate()?;
         crate::metrics::install();
         if auth.is_open() {
-            warn!(
-                "no JWT key configured: open development mode, everyone may edit every document"
-            );
+            warn!("no JWT key configured: open development mode, everyone may edit every document");
         }
         let flusher = Flusher::new(store.clone());
         let registry = Registry::new(&config, store.clone(), flusher.clone());
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr()?;
         let state = AppState {
             config: Arc::new(config),
@@ -298,6 +312,23 @@ impl Server {
         }
         self.state.registry.shutdown().await;
         self.flusher.flush().await?;
+        // Release the store before returning, so a new server (or `wedsync doc`) can open the
+        // data directory at once: wait until every other holder of the shared state (tasks
+        // winding down) has dropped it, then drop ours, which closes sled and its file lock.
+        let Server { state, flusher, .. } = self;
+        drop(flusher);
+        let deadline = tokio::time::Instant::now() + STORE_RELEASE_TIMEOUT;
+        while (Arc::strong_count(&state.registry) > 1 || Arc::strong_count(&state.auth) > 1)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&state.registry) > 1 || Arc::strong_count(&state.auth) > 1 {
+            warn!(
+                "the store is still referenced after shutdown; it closes when the last task ends"
+            );
+        }
+        drop(state);
         info!("shutdown complete");
         Ok(())
     }
@@ -322,6 +353,8 @@ pub fn authenticator(config: &Config) -> Result<Authenticator, ServerError> {
         algorithm: None,
         issuer: a.jwt_issuer.clone(),
         audience: a.jwt_audience.clone(),
-        leeway_secs: a.jwt_leeway_secs.unwrap_or(crate::auth::DEFAULT_LEEWAY_SECS),
+        leeway_secs: a
+            .jwt_leeway_secs
+            .unwrap_or(crate::auth::DEFAULT_LEEWAY_SECS),
     })?)
 }

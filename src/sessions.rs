@@ -129,11 +129,15 @@ pub async fn revoke(
     };
     let now = unix_now();
     let until = req.until.unwrap_or(now + DEFAULT_REVOCATION_SECS);
-    app.auth.revoke(target.clone(), until).map_err(ApiError::from)?;
+    app.auth
+        .revoke(target.clone(), until)
+        .map_err(ApiError::from)?;
     let auth = app.auth.clone();
     let closed = app
         .sessions
         .end_matching("permission denied: token revoked", |p| auth.is_revoked(p));
     tracing::info!(?target, closed, "token revoked");
-    Ok(Json(serde_json::json!({"revoked": target, "until": until, "sessions_closed": closed})))
+    Ok(Json(
+        serde_json::json!({"revoked": target, "until": until, "sessions_closed": closed}),
+    ))
 }

@@ -62,12 +62,11 @@ impl Incoming {
         use yrs::updates::decoder::Decode;
         match msg {
             Message::Sync(SyncMessage::SyncStep1(sv)) => Some(Ok(Incoming::SyncStep1(sv))),
-            Message::Sync(SyncMessage::SyncStep2(raw)) | Message::Sync(SyncMessage::Update(raw)) => {
-                Some(match yrs::Update::decode_v1(&raw) {
-                    Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
-                    Err(e) => Err((raw, e.to_string())),
-                })
-            }
+            Message::Sync(SyncMessage::SyncStep2(raw))
+            | Message::Sync(SyncMessage::Update(raw)) => Some(match yrs::Update::decode_v1(&raw) {
+                Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
+                Err(e) => Err((raw, e.to_string())),
+            }),
             Message::Awareness(u) => Some(Ok(Incoming::Awareness(u))),
             Message::AwarenessQuery => Some(Ok(Incoming::AwarenessQuery)),
             Message::Auth(_) | Message::Custom(..) => None,
@@ -116,7 +115,22 @@ pub(crate) enum RoomCmd {
     Presence {
         reply: oneshot::Sender<Vec<PresenceEntry>>,
     },
+    /// Run a read-only job on the document (state as durable as clients have seen it).
+    Read {
+        job: ReadJob,
+    },
+    /// Run a server-side edit; its update is stored and relayed like a client's. `done`
+    /// answers once it is durable.
+    Write {
+        job: WriteJob,
+        done: oneshot::Sender<Result<(), RoomError>>,
+    },
 }
+
+/// A read job run inside the room task.
+pub(crate) type ReadJob = Box<dyn FnOnce(&yrs::Doc) + Send>;
+/// A write job run inside the room task, in its own transaction.
+pub(crate) type WriteJob = Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) + Send>;
 
 /// A cheap, cloneable handle to a running room.
 #[derive(Clone)]
@@ -130,7 +144,10 @@ impl RoomHandle {
         make: impl FnOnce(oneshot::Sender<T>) -> RoomCmd,
     ) -> Result<T, RoomError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| RoomError::Closed)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| RoomError::Closed)?;
         rx.await.map_err(|_| RoomError::Closed)
     }
 
@@ -149,18 +166,54 @@ impl RoomHandle {
 
     /// The document as one v1 update, minus what a peer with `sv` has.
     pub async fn get_update(&self, sv: StateVector) -> Result<Vec<u8>, RoomError> {
-        self.request(|reply| RoomCmd::GetUpdate { sv, reply }).await?
+        self.request(|reply| RoomCmd::GetUpdate { sv, reply })
+            .await?
     }
 
     /// Applies, stores and relays an update; resolves when it is durable.
     pub async fn apply_update(&self, raw: Vec<u8>, decoded: yrs::Update) -> Result<(), RoomError> {
-        self.request(|reply| RoomCmd::ApplyUpdate { raw, decoded, reply })
-            .await?
+        self.request(|reply| RoomCmd::ApplyUpdate {
+            raw,
+            decoded,
+            reply,
+        })
+        .await?
     }
 
     /// Who is connected.
     pub async fn presence(&self) -> Result<Vec<PresenceEntry>, RoomError> {
         self.request(|reply| RoomCmd::Presence { reply }).await
+    }
+
+    /// Runs `f` on the document inside the room task and returns its result.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&yrs::Doc) -> T + Send + 'static,
+    ) -> Result<T, RoomError> {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |doc| {
+            let _ = tx.send(f(doc));
+        });
+        self.tx
+            .send(RoomCmd::Read { job })
+            .await
+            .map_err(|_| RoomError::Closed)?;
+        rx.await.map_err(|_| RoomError::Closed)
+    }
+
+    /// Runs a server-side edit in the room's document. The edit's update is stored, flushed and
+    /// relayed to every client like any client update; this resolves after that (or with the
+    /// closure's result alone when it changed nothing).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut yrs::TransactionMut<'_>) -> T + Send + 'static,
+    ) -> Result<T, RoomError> {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |txn| {
+            let _ = tx.send(f(txn));
+        });
+        self.request(|done| RoomCmd::Write { job, done }).await??;
+        rx.await.map_err(|_| RoomError::Closed)
     }
 }
 
@@ -262,7 +315,9 @@ impl Registry {
                 Ok(Err(e)) => return Err(e),
             }
         }
-        Err(RoomError::Unavailable("room kept closing while joining".into()))
+        Err(RoomError::Unavailable(
+            "room kept closing while joining".into(),
+        ))
     }
 
     /// A room that is loaded right now, without starting one.

@@ -82,8 +82,10 @@ impl PeerLink {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("wedsync_slow_consumer_closed_total").increment(1);
-                self.closer
-                    .close(close::TRY_AGAIN, "client too slow: outgoing queue full, reconnect to resync");
+                self.closer.close(
+                    close::TRY_AGAIN,
+                    "client too slow: outgoing queue full, reconnect to resync",
+                );
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

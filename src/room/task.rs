@@ -22,6 +22,7 @@ use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact};
 
 use super::{
     ConnId, Incoming, PeerInfo, PeerLink, PresenceEntry, Registry, RoomCmd, RoomContext, RoomError,
+    WriteJob,
 };
 use crate::config::Durability;
 use crate::protocol::{self, close};
@@ -34,6 +35,8 @@ const MAX_AWARENESS_IDS_PER_CONN: usize = 32;
 /// Fold the log into a new snapshot once it holds this many entries or bytes.
 const COMPACT_LOG_ENTRIES: u64 = 500;
 const COMPACT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+/// Delay between a document change and republishing the conflict list.
+const CONFLICTS_DEBOUNCE: Duration = Duration::from_millis(250);
 
 struct Peer {
     info: PeerInfo,
@@ -58,9 +61,18 @@ struct PendingUpdate {
 
 /// Things to deliver after the batch is committed, in order.
 enum Post {
-    Step2 { conn: ConnId, sv: StateVector },
-    Broadcast { origin: Option<ConnId>, frame: Bytes },
-    GetUpdate { sv: StateVector, reply: oneshot::Sender<Result<Vec<u8>, RoomError>> },
+    Step2 {
+        conn: ConnId,
+        sv: StateVector,
+    },
+    Broadcast {
+        origin: Option<ConnId>,
+        frame: Bytes,
+    },
+    GetUpdate {
+        sv: StateVector,
+        reply: oneshot::Sender<Result<Vec<u8>, RoomError>>,
+    },
 }
 
 struct Room {
@@ -76,7 +88,12 @@ struct Room {
     log_bytes: u64,
     last_seq: u64,
     batch: Vec<PendingUpdate>,
+    writes: Vec<(WriteJob, oneshot::Sender<Result<(), RoomError>>)>,
     post: Vec<Post>,
+    /// The document changed since conflicts were last published.
+    conflicts_dirty: bool,
+    /// The conflict list last published in the server's awareness state.
+    published_conflicts: Option<String>,
     http_done: Vec<oneshot::Sender<Result<(), RoomError>>>,
     /// Set when the store failed under us: the room refuses everyone and unloads.
     failed: Option<String>,
@@ -109,7 +126,10 @@ async fn run_inner(
     match loaded {
         Ok(stored) => {
             room.restore(stored);
-            debug!(elapsed_ms = started.elapsed().as_millis() as u64, "room loaded");
+            debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "room loaded"
+            );
         }
         Err(reason) => {
             error!(%reason, "document could not be loaded; refusing its clients");
@@ -122,6 +142,8 @@ async fn run_inner(
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_since = Some(Instant::now());
+    // Conflicts are recomputed (whole-document read) at most once per debounce window.
+    let mut conflicts_at: Option<Instant> = Some(Instant::now());
 
     loop {
         if room.failed.is_some() {
@@ -169,8 +191,15 @@ async fn run_inner(
                 }
                 room.commit().await;
                 idle_since = if room.peers.is_empty() { idle_since.or(Some(Instant::now())) } else { None };
+                if room.conflicts_dirty && conflicts_at.is_none() {
+                    conflicts_at = Some(Instant::now() + CONFLICTS_DEBOUNCE);
+                }
             }
             _ = sweep.tick() => room.sweep_awareness(),
+            _ = sleep_until_opt(conflicts_at) => {
+                room.publish_conflicts();
+                conflicts_at = None;
+            }
             _ = sleep_until_opt(idle_deadline) => {
                 room.compact(true).await;
                 if let Err(e) = ctx.flusher.flush().await {
@@ -232,7 +261,10 @@ impl Room {
             log_bytes: 0,
             last_seq: 0,
             batch: Vec::new(),
+            writes: Vec::new(),
             post: Vec::new(),
+            conflicts_dirty: true,
+            published_conflicts: None,
             http_done: Vec::new(),
             failed: None,
         }
@@ -242,7 +274,12 @@ impl Room {
     fn restore(&mut self, stored: StoredDoc) {
         let doc = self.awareness.doc();
         let mut txn = doc.transact_mut();
-        for (i, bytes) in stored.snapshot.iter().chain(stored.updates.iter()).enumerate() {
+        for (i, bytes) in stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter())
+            .enumerate()
+        {
             // Every record passed its checksum in the store; an update that still fails here
             // failed the same way when it was first applied, so skipping it reproduces the
             // state clients saw.
@@ -298,7 +335,9 @@ impl Room {
             }
             RoomCmd::Frame { conn, msgs } => {
                 for msg in msgs {
-                    let Some(peer) = self.peers.get(&conn) else { return };
+                    let Some(peer) = self.peers.get(&conn) else {
+                        return;
+                    };
                     if peer.link.closer.is_closed() {
                         return;
                     }
@@ -360,15 +399,28 @@ impl Room {
             RoomCmd::Presence { reply } => {
                 let _ = reply.send(self.presence());
             }
+            RoomCmd::Read { job } => {
+                // The in-memory document only ever holds stored, flushed state between
+                // commits, so a read here sees exactly what clients may see.
+                job(self.awareness.doc());
+            }
+            RoomCmd::Write { job, done } => {
+                if let Some(reason) = &self.failed {
+                    let _ = done.send(Err(RoomError::Unavailable(reason.clone())));
+                } else {
+                    self.writes.push((job, done));
+                }
+            }
         }
     }
 
     /// Stores, applies, flushes and delivers everything gathered since the last commit.
     async fn commit(&mut self) {
-        if self.batch.is_empty() && self.post.is_empty() {
+        if self.batch.is_empty() && self.post.is_empty() && self.writes.is_empty() {
             return;
         }
-        let appended = self.store_and_apply().await;
+        let mut appended = self.store_and_apply().await;
+        appended |= self.run_writes().await;
         if appended && self.ctx.durability == Durability::Strict && !self.flush().await {
             return;
         }
@@ -387,7 +439,10 @@ impl Room {
             return false;
         }
         let mut batch = std::mem::take(&mut self.batch);
-        let raws: Vec<Vec<u8>> = batch.iter_mut().map(|p| std::mem::take(&mut p.raw)).collect();
+        let raws: Vec<Vec<u8>> = batch
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.raw))
+            .collect();
         let bytes: u64 = raws.iter().map(|r| r.len() as u64).sum();
         let store = self.ctx.store.clone();
         let name = self.name.clone();
@@ -410,7 +465,9 @@ impl Room {
                     match p.origin {
                         Origin::Conn(c) => {
                             if let Some(peer) = self.peers.get(&c) {
-                                peer.link.closer.close(code, format!("update not stored: {e}"));
+                                peer.link
+                                    .closer
+                                    .close(code, format!("update not stored: {e}"));
                             }
                         }
                         Origin::Http(reply) => {
@@ -431,8 +488,8 @@ impl Room {
                 let mut txn = self.awareness.doc().transact_mut();
                 match txn.apply_update(p.decoded) {
                     Ok(()) => {
-                        let changed = txn.before_state() != txn.after_state()
-                            || !txn.delete_set().is_empty();
+                        let changed =
+                            txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
                         Ok(changed.then(|| txn.encode_update_v1()))
                     }
                     Err(e) => Err(e.to_string()),
@@ -475,6 +532,59 @@ impl Room {
         true
     }
 
+    /// Runs queued server-side edits, each in its own transaction, and stores their updates.
+    /// An edit is applied before it is stored (it is generated here, not received), so a
+    /// store failure fails the room: it unloads and reloads the stored truth.
+    async fn run_writes(&mut self) -> bool {
+        let mut appended = false;
+        for (job, done) in std::mem::take(&mut self.writes) {
+            if self.failed.is_some() {
+                let _ = done.send(Err(RoomError::Unavailable("storage failure".into())));
+                continue;
+            }
+            let update = {
+                let mut txn = self.awareness.doc().transact_mut();
+                job(&mut txn);
+                let changed =
+                    txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+                changed.then(|| txn.encode_update_v1())
+            };
+            let Some(update) = update else {
+                let _ = done.send(Ok(()));
+                continue;
+            };
+            let store = self.ctx.store.clone();
+            let name = self.name.clone();
+            let bytes = update.len() as u64;
+            let frame = protocol::encode_update(&update);
+            let res =
+                tokio::task::spawn_blocking(move || store.append(&name, &[update.as_slice()]))
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+            match res {
+                Ok(seq) => {
+                    self.last_seq = seq;
+                    self.log_entries += 1;
+                    self.log_bytes += bytes;
+                    appended = true;
+                    self.post.push(Post::Broadcast {
+                        origin: None,
+                        frame,
+                    });
+                    self.http_done.push(done);
+                }
+                Err(e) => {
+                    error!(error = %e, "server-side edit not stored; unloading the room");
+                    let _ = done.send(Err(RoomError::NotStored(e.to_string())));
+                    self.failed = Some(format!("store failed: {e}"));
+                    self.close_all(close::TRY_AGAIN, "storage failure, reconnect to resync");
+                    self.post.clear();
+                }
+            }
+        }
+        appended
+    }
+
     /// Waits for the group-commit flush. On failure the room gives up its in-memory state
     /// (which may now hold updates the disk does not) and unloads; clients resync on reconnect.
     async fn flush(&mut self) -> bool {
@@ -505,12 +615,19 @@ impl Room {
             match post {
                 Post::Step2 { conn, sv } => {
                     if let Some(peer) = self.peers.get(&conn) {
-                        let update = self.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                        let update = self
+                            .awareness
+                            .doc()
+                            .transact()
+                            .encode_state_as_update_v1(&sv);
                         peer.link
-                            .send(protocol::encode(&Message::Sync(SyncMessage::SyncStep2(update))));
+                            .send(protocol::encode(&Message::Sync(SyncMessage::SyncStep2(
+                                update,
+                            ))));
                     }
                 }
                 Post::Broadcast { origin, frame } => {
+                    self.conflicts_dirty = true;
                     for (id, peer) in &self.peers {
                         if Some(*id) != origin && peer.link.send(frame.clone()) {
                             deliveries += 1;
@@ -518,7 +635,11 @@ impl Room {
                     }
                 }
                 Post::GetUpdate { sv, reply } => {
-                    let update = self.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                    let update = self
+                        .awareness
+                        .doc()
+                        .transact()
+                        .encode_state_as_update_v1(&sv);
                     let _ = reply.send(Ok(update));
                 }
             }
@@ -562,7 +683,11 @@ impl Room {
             .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
         match res {
             Ok(()) => {
-                debug!(entries = self.log_entries, bytes = self.log_bytes, "compacted");
+                debug!(
+                    entries = self.log_entries,
+                    bytes = self.log_bytes,
+                    "compacted"
+                );
                 metrics::counter!("wedsync_compactions_total").increment(1);
                 self.log_entries = 0;
                 self.log_bytes = 0;
@@ -594,11 +719,17 @@ impl Room {
         let mut accepted = AwarenessUpdate {
             clients: HashMap::with_capacity(update.clients.len()),
         };
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
         for (id, entry) in update.clients {
             let owner = self.owners.get(&id).copied();
             if id == own || owner.is_some_and(|o| o != conn) {
-                debug!(conn, client = id.get(), "awareness for a client id this connection does not control; ignored");
+                debug!(
+                    conn,
+                    client = id.get(),
+                    "awareness for a client id this connection does not control; ignored"
+                );
                 continue;
             }
             if entry.json.as_ref() == "null" {
@@ -658,11 +789,48 @@ impl Room {
         self.broadcast_awareness(None, update);
     }
 
-    /// Drops awareness states that were not renewed within the timeout.
+    /// Publishes the plan's conflict list in the server's own awareness state when it changed:
+    /// `{"server": true, "conflicts": [...]}`. Clients see it with no protocol change.
+    fn publish_conflicts(&mut self) {
+        if !self.conflicts_dirty || self.failed.is_some() {
+            return;
+        }
+        self.conflicts_dirty = false;
+        let conflicts = {
+            let txn = self.awareness.doc().transact();
+            crate::wedding::conflicts(&txn)
+        };
+        let state = serde_json::json!({"server": true, "conflicts": conflicts});
+        let json = state.to_string();
+        if self.published_conflicts.as_deref() == Some(json.as_str()) {
+            return;
+        }
+        self.published_conflicts = Some(json.clone());
+        self.awareness.set_local_state_raw(json);
+        self.broadcast_own_state();
+    }
+
+    fn broadcast_own_state(&self) {
+        let own = self.own_client_id();
+        if let Ok(update) = self.awareness.update_with_clients([own]) {
+            self.broadcast_awareness(None, update);
+        }
+    }
+
+    /// Drops awareness states that were not renewed within the timeout, and renews the
+    /// server's own state (clients drop states older than 30 s, as y-protocols does).
     fn sweep_awareness(&mut self) {
         let timeout = self.ctx.limits.awareness_timeout.as_millis() as u64;
         let own = self.own_client_id();
         let now = self.awareness_now();
+        if let (Some((_, last)), Some(json)) =
+            (self.awareness.meta(own), self.awareness.local_state_raw())
+        {
+            if now.saturating_sub(last) >= timeout / 2 {
+                self.awareness.set_local_state_raw(json);
+                self.broadcast_own_state();
+            }
+        }
         let stale: Vec<ClientID> = self
             .awareness
             .iter()

@@ -17,9 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
+use crate::auth::{unix_now, Principal};
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
-use crate::auth::{unix_now, Principal};
 use crate::server::AppState;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
@@ -74,7 +74,9 @@ async fn run_inner(
         .insert(conn, principal.clone(), closer.clone(), tx.clone());
     // A revocation that raced with this upgrade (token checked before it was revoked).
     if app.auth.is_revoked(&principal) {
-        let _ = tx.try_send(protocol::encode_permission_denied("permission denied: token revoked"));
+        let _ = tx.try_send(protocol::encode_permission_denied(
+            "permission denied: token revoked",
+        ));
         closer.close(close::UNAUTHORIZED, "permission denied: token revoked");
     }
     let link = PeerLink {
@@ -184,7 +186,10 @@ async fn read_loop(
             }
             Some(Ok(WsMessage::Binary(data))) => data,
             Some(Ok(WsMessage::Text(_))) => {
-                closer.close(close::UNSUPPORTED_DATA, "text frames are not supported; send binary y-protocols messages");
+                closer.close(
+                    close::UNSUPPORTED_DATA,
+                    "text frames are not supported; send binary y-protocols messages",
+                );
                 return;
             }
             Some(Ok(WsMessage::Pong(_))) => {
@@ -212,10 +217,18 @@ async fn read_loop(
                 )
             );
             if is_update && !can_edit {
+                // Every client answers the server's step 1 with its diff; from an up-to-date
+                // viewer that is the empty update. Nothing to refuse there.
+                if is_empty_update(&m) {
+                    continue;
+                }
                 // Never decode what we will not apply.
                 refused_updates += 1;
                 metrics::counter!("wedsync_view_only_updates_refused_total").increment(1);
-                debug!(refused_updates, "update from a view-only connection not applied");
+                debug!(
+                    refused_updates,
+                    "update from a view-only connection not applied"
+                );
                 if !denied_sent {
                     denied_sent = true;
                     let _ = tx.try_send(protocol::encode_permission_denied(
@@ -252,7 +265,8 @@ async fn write_loop(
     ping_interval: Duration,
     max_missed: u32,
 ) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let result = tokio::select! {
@@ -311,12 +325,19 @@ async fn write_loop(
                 code,
                 reason: Utf8Bytes::from(truncate_reason(&reason)),
             };
-            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame))))
-                .await;
+            let _ =
+                tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame))))
+                    .await;
         } else {
             let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
         }
     }
+}
+
+/// The empty v1 update (no structs, no deletions), as a client with nothing new sends it.
+fn is_empty_update(m: &yrs::sync::Message) -> bool {
+    use yrs::sync::{Message, SyncMessage};
+    matches!(m, Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) if u.as_slice() == [0, 0])
 }
 
 /// A close reason must fit in a control frame (123 bytes of UTF-8).

@@ -54,5 +54,7 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(limits.max_message_bytes.saturating_mul(2))
-        .on_upgrade(move |socket| tracker.track_future(connection::run(app, socket, doc, conn, info, principal)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::run(app, socket, doc, conn, info, principal))
+        })
 }

@@ -1,0 +1,304 @@
+//! Shared helpers for the integration tests: start a real server on port 0 in a temp dir, and
+//! a small y-websocket client built on yrs and tokio-tungstenite.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wedsync::config::Config;
+use wedsync::Server;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
+
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A server on 127.0.0.1:0 with its own temp data dir.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_tests(dir.path());
+        tweak(&mut config);
+        TestServer::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, mut config: Config) -> TestServer {
+        config.data_dir = dir.path().to_owned();
+        let server = Server::start(config).await.expect("server starts");
+        let addr = server.local_addr();
+        TestServer {
+            server: Some(server),
+            dir,
+            addr,
+        }
+    }
+
+    pub fn url(&self, doc: &str) -> String {
+        format!("ws://{}/{}", self.addr, doc)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Graceful shutdown; returns the data dir so a test can restart on it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        self.dir
+    }
+}
+
+/// What a client saw arrive.
+#[derive(Debug)]
+pub enum Received {
+    Msg(Message),
+    Ack(u64),
+    Close(Option<(u16, String)>),
+}
+
+/// A minimal y-websocket client: a yrs Doc kept in sync over one socket.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub doc: Doc,
+    pub awareness_seen: AwarenessUpdate,
+    pub acks: u64,
+    pub permission_denied: Option<String>,
+    pub closed: Option<Option<(u16, String)>>,
+}
+
+pub async fn connect_raw(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    ws
+}
+
+impl Client {
+    /// Connects and completes the handshake (server step 1 answered, own step 1 answered).
+    pub async fn connect(url: &str) -> Client {
+        Client::connect_with_doc(url, Doc::new()).await
+    }
+
+    /// Connects with an existing document (an offline client coming back).
+    pub async fn connect_with_doc(url: &str, doc: Doc) -> Client {
+        let ws = connect_raw(url).await;
+        let mut c = Client {
+            ws,
+            doc,
+            awareness_seen: AwarenessUpdate {
+                clients: Default::default(),
+            },
+            acks: 0,
+            permission_denied: None,
+            closed: None,
+        };
+        c.sync().await;
+        c
+    }
+
+    pub async fn send(&mut self, msg: &Message) {
+        self.ws
+            .send(WsMessage::Binary(msg.encode_v1().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends our step 1 and waits until the server's step 2 arrived (and answers the
+    /// server's step 1 with our diff, as y-websocket clients do).
+    pub async fn sync(&mut self) {
+        let sv = self.doc.transact().state_vector();
+        self.send(&Message::Sync(SyncMessage::SyncStep1(sv))).await;
+        self.recv_until(|r| matches!(r, Received::Msg(Message::Sync(SyncMessage::SyncStep2(_)))))
+            .await
+            .expect("server answers step 1 with step 2");
+    }
+
+    /// Makes a local edit and sends it as an update; returns the update bytes.
+    pub async fn edit(&mut self, f: impl FnOnce(&mut TransactionMut)) -> Vec<u8> {
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            f(&mut txn);
+            txn.encode_update_v1()
+        };
+        self.send(&Message::Sync(SyncMessage::Update(update.clone())))
+            .await;
+        update
+    }
+
+    /// Receives one frame (applying document messages) or `None` on timeout.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Received> {
+        loop {
+            let frame = match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => {
+                    self.closed.get_or_insert(None);
+                    return Some(Received::Close(None));
+                }
+                Ok(Some(Err(_))) => {
+                    self.closed.get_or_insert(None);
+                    return Some(Received::Close(None));
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            match frame {
+                WsMessage::Binary(data) => return Some(self.handle(&data).await),
+                WsMessage::Close(frame) => {
+                    let f = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    self.closed = Some(f.clone());
+                    return Some(Received::Close(f));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn handle(&mut self, data: &[u8]) -> Received {
+        if data.first() == Some(&100) {
+            let mut cur = Cursor::new(&data[1..]);
+            let n: u64 = cur.read_var().expect("ack count");
+            self.acks = n;
+            return Received::Ack(n);
+        }
+        let msg = Message::decode_v1(data).expect("server sends valid messages");
+        match &msg {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                let update = self.doc.transact().encode_state_as_update_v1(sv);
+                self.send(&Message::Sync(SyncMessage::SyncStep2(update)))
+                    .await;
+            }
+            Message::Sync(SyncMessage::SyncStep2(u)) | Message::Sync(SyncMessage::Update(u)) => {
+                let update = Update::decode_v1(u).expect("valid update");
+                self.doc
+                    .transact_mut()
+                    .apply_update(update)
+                    .expect("applies");
+            }
+            Message::Awareness(u) => {
+                for (id, e) in &u.clients {
+                    self.awareness_seen.clients.insert(*id, e.clone());
+                }
+            }
+            Message::Auth(Some(reason)) => self.permission_denied = Some(reason.clone()),
+            _ => {}
+        }
+        Received::Msg(msg)
+    }
+
+    /// Receives until `pred` holds for a received item; `None` on timeout or close.
+    pub async fn recv_until(
+        &mut self,
+        mut pred: impl FnMut(&Received) -> bool,
+    ) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = self.recv(left).await?;
+            if pred(&r) {
+                return Some(r);
+            }
+            if matches!(r, Received::Close(_)) {
+                return None;
+            }
+        }
+    }
+
+    /// Receives until the document satisfies `pred`.
+    pub async fn wait_doc(&mut self, mut pred: impl FnMut(&Doc) -> bool) -> bool {
+        if pred(&self.doc) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                None | Some(Received::Close(_)) => return pred(&self.doc),
+                Some(_) => {
+                    if pred(&self.doc) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives until the connection closes; returns the close code and reason.
+    pub async fn wait_close(&mut self) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            if let Some(c) = &self.closed {
+                return c.clone();
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.recv(left).await.is_none() {
+                panic!("connection did not close within {STEP:?}");
+            }
+        }
+    }
+
+    /// Drains whatever arrives within `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) {
+        while let Some(r) = self.recv(quiet).await {
+            if matches!(r, Received::Close(_)) {
+                return;
+            }
+        }
+    }
+
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    pub fn full_update(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+}
+
+/// Encodes an awareness update for one client id with a JSON state.
+pub fn awareness_frame(client: u64, clock: u32, json: &str) -> Message {
+    let mut clients = std::collections::HashMap::new();
+    clients.insert(
+        yrs::ClientID::new(client),
+        yrs::sync::awareness::AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        },
+    );
+    Message::Awareness(AwarenessUpdate { clients })
+}
+
+/// The close code of a tungstenite close code.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
