@@ -168,7 +168,10 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Wait until the provider received the server's sync step 2 on its current connection. */
 export function waitSynced (client, timeoutMs = 10000) {
-  return waitUntil(() => client.provider.synced, `${client.name} synced`, timeoutMs)
+  return waitUntil(() => client.provider.synced, `${client.name} synced`, timeoutMs).catch((e) => {
+    const last = JSON.stringify(client.closes.slice(-3))
+    throw new Error(`${e.message}; ${client.closes.length} connection(s) closed so far, the last: ${last}`)
+  })
 }
 
 /** JSON of every root type of a doc, including roots this client never declared. */
@@ -245,4 +248,18 @@ export function rawSocket (url, room, params = {}) {
     ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode} on upgrade`)))
   })
   return session
+}
+
+// The entries that write.mjs writes and read.mjs checks.
+export const entryKey = (i) => `e${i}`
+export const entryValue = (i) => `value-${i}`
+
+/** Entry i: map "entries" e<i> = value-<i>, and i pushed to array "log"; one transaction each. */
+export function writeEntries (doc, n) {
+  for (let i = 0; i < n; i++) {
+    doc.transact(() => {
+      doc.getMap('entries').set(entryKey(i), entryValue(i))
+      doc.getArray('log').push([i])
+    })
+  }
 }
