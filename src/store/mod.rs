@@ -12,8 +12,18 @@
 
 use std::sync::Arc;
 
+pub mod admin;
+pub mod flusher;
+mod memory;
+pub mod sled_store;
+
+pub use flusher::Flusher;
+pub use sled_store::SledStore;
+
 /// Errors from the document store.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` because one group-commit flush reports its outcome to every waiting caller.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The underlying database failed (I/O error, lock held by another process, ...).
     #[error("storage backend error: {0}")]
@@ -28,6 +38,10 @@ pub enum StoreError {
     /// Another process holds the data directory (sled takes an exclusive lock).
     #[error("data directory {0} is locked by another process (is a wedsync server running?)")]
     Locked(String),
+    /// The request itself is wrong (a stale compaction, a sequence number that was never
+    /// written, an unusable document name); nothing was changed.
+    #[error("invalid store request: {0}")]
+    Invalid(String),
 }
 
 /// Everything stored for one document, in the order it must be applied.
@@ -70,3 +84,5 @@ pub trait Store: Send + Sync + 'static {
 
 /// Shared handle to a store.
 pub type SharedStore = Arc<dyn Store>;
+
+pub use memory::MemoryStore;

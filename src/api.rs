@@ -1,0 +1,184 @@
+//! HTTP JSON errors, document-name validation, and the document HTTP API.
+//!
+//! Why it exists: every HTTP failure answers with the same JSON shape
+//! (`{"error": {"code", "message"}}`) and a 4xx/5xx status, and every route that names a
+//! document validates the name the same way before anything is loaded.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use yrs::updates::decoder::Decode;
+use yrs::StateVector;
+
+use crate::room::RoomError;
+use crate::server::AppState;
+
+/// An HTTP error with a stable machine-readable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> ApiError {
+        match e {
+            RoomError::InvalidUpdate(m) => ApiError::bad_request("invalid_update", m),
+            RoomError::NotStored(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", m),
+            RoomError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "document_unavailable", m)
+            }
+            RoomError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "room_closed",
+                "the document is unloading or the server is shutting down; retry",
+            ),
+        }
+    }
+}
+
+/// Longest accepted document name.
+pub const MAX_DOC_NAME: usize = 200;
+
+/// Document names: 1-200 characters of `A-Z a-z 0-9 . _ ~ : @ -`.
+pub fn validate_doc_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_DOC_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_document_name",
+            "document names are 1-200 characters of A-Z a-z 0-9 . _ ~ : @ -",
+        ))
+    }
+}
+
+/// One query parameter, percent-decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Decodes client bytes as a v1 update, off the async workers.
+pub async fn decode_update(bytes: Vec<u8>) -> Result<(Vec<u8>, yrs::Update), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let decoded = yrs::Update::decode_v1(&bytes);
+        (bytes, decoded)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    .and_then(|(bytes, decoded)| match decoded {
+        Ok(u) => Ok((bytes, u)),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_update",
+            format!("body is not a Yjs v1 update: {e}"),
+        )),
+    })
+}
+
+/// `GET /api/docs/{doc}/update[?sv=BASE64]`: the document as one v1 update.
+pub async fn get_doc_update(
+    State(app): State<AppState>,
+    Path(doc): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    validate_doc_name(&doc)?;
+    app.authorize(query.as_deref(), &headers, &doc, false)?;
+    let sv = match query_param(query.as_deref(), "sv") {
+        None => StateVector::default(),
+        Some(b64) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64.trim()))
+                .map_err(|_| ApiError::bad_request("invalid_state_vector", "sv is not base64"))?;
+            StateVector::decode_v1(&raw).map_err(|e| {
+                ApiError::bad_request("invalid_state_vector", format!("sv does not decode: {e}"))
+            })?
+        }
+    };
+    if !app.document_exists(&doc).await? {
+        return Err(ApiError::not_found(format!("document {doc:?} does not exist")));
+    }
+    let update = app.registry.get(&doc).get_update(sv).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        update,
+    )
+        .into_response())
+}
+
+/// `POST /api/docs/{doc}/update`: apply a binary v1 update (edit access). Answers 204 once the
+/// update is durable and has been relayed to connected clients.
+pub async fn post_doc_update(
+    State(app): State<AppState>,
+    Path(doc): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    validate_doc_name(&doc)?;
+    app.authorize(query.as_deref(), &headers, &doc, true)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("invalid_update", "empty body"));
+    }
+    let (raw, decoded) = decode_update(body.to_vec()).await?;
+    app.registry.get(&doc).apply_update(raw, decoded).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_names() {
+        for ok in ["a", "wedding-2026_06.x~y:z@w", &"a".repeat(200)] {
+            assert!(validate_doc_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "é", "a%2Fb", &"a".repeat(201), "..\\x"] {
+            assert!(validate_doc_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        assert_eq!(query_param(Some("a=1&token=x%2By"), "token").as_deref(), Some("x+y"));
+        assert_eq!(query_param(Some("ack=1"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+}

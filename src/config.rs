@@ -1,0 +1,238 @@
+//! Server configuration: flags > environment > config file > defaults, validated at start.
+//!
+//! Why it exists: one typed [`Config`] is what the server runs on, whether it was built by the
+//! CLI (`wedsync serve`), by a TOML file, or by a test ([`Config::for_tests`]). Validation lives
+//! here so a misconfigured server refuses to start with a clear message instead of failing on
+//! the first connection.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// When an update is relayed to other clients relative to being made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Relay and acknowledge only after the update is flushed to disk (default): whatever any
+    /// client has seen survives kill -9.
+    #[default]
+    Strict,
+    /// Relay before the flush (acks still wait for it): lower latency, and a crash may lose the
+    /// last few milliseconds of updates that other clients already saw.
+    Relaxed,
+}
+
+/// Per-connection and per-room limits. Every one is configurable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket frame and message accepted, in bytes (larger: close 1009).
+    pub max_message_bytes: usize,
+    /// Outgoing messages queued per connection before it counts as too slow (close 1013).
+    pub outgoing_queue: usize,
+    /// Interval between pings.
+    #[serde(with = "humantime_secs")]
+    pub ping_interval: Duration,
+    /// Consecutive unanswered pings before the connection is closed.
+    pub max_missed_pongs: u32,
+    /// How long a room stays in memory after its last client leaves.
+    #[serde(with = "humantime_secs")]
+    pub room_idle_unload: Duration,
+    /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
+    #[serde(with = "humantime_secs")]
+    pub awareness_timeout: Duration,
+    /// Time allowed for loading a document from the store before clients are refused.
+    #[serde(with = "humantime_secs")]
+    pub load_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 * 1024 * 1024,
+            outgoing_queue: 512,
+            ping_interval: Duration::from_secs(30),
+            max_missed_pongs: 2,
+            room_idle_unload: Duration::from_secs(30),
+            awareness_timeout: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Durations in config files are whole seconds (`ping_interval = 30`).
+mod humantime_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !(0.0..=86_400.0 * 365.0).contains(&secs) {
+            return Err(serde::de::Error::custom("duration out of range (seconds)"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+/// Authentication settings. No key at all means open development mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 shared secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file (RS256, ES256 or EdDSA).
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+    /// Allowed clock skew for `exp`/`nbf`, in seconds.
+    pub jwt_leeway_secs: Option<u64>,
+}
+
+impl AuthSettings {
+    /// True when no key is configured (open development mode).
+    pub fn is_open(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    }
+}
+
+/// Everything the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub auth: AuthSettings,
+    /// Allow open mode (no JWT key) on a non-loopback address.
+    pub insecure_open: bool,
+    pub durability: Durability,
+    pub limits: Limits,
+}
+
+/// Configuration errors, reported before the server starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid listen address {0:?}: expected HOST:PORT, e.g. 127.0.0.1:1234")]
+    Listen(String),
+    #[error(
+        "no JWT key is configured (open development mode: everyone may edit every document) and \
+         {0} is not a loopback address; configure --jwt-secret or --jwt-public-key, or pass \
+         --insecure-open if you really mean it"
+    )]
+    OpenModeOnPublicAddress(SocketAddr),
+    #[error("configure either --jwt-secret or --jwt-public-key, not both")]
+    TwoKeys,
+    #[error("invalid limit: {0}")]
+    Limit(&'static str),
+}
+
+/// The optional contents of a TOML config file. Unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub insecure_open: Option<bool>,
+    pub durability: Option<Durability>,
+    pub auth: AuthSettings,
+    pub limits: Option<Limits>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// Default listen address from the contract.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1234";
+/// Default data directory from the contract.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+impl Config {
+    /// A configuration for in-process tests: port 0 on loopback, the given data dir, open mode,
+    /// default limits.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_owned(),
+            auth: AuthSettings::default(),
+            insecure_open: false,
+            durability: Durability::Strict,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Parses a listen address.
+    pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|_| ConfigError::Listen(s.to_owned()))
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key.is_some() {
+            return Err(ConfigError::TwoKeys);
+        }
+        if self.auth.is_open() && !self.listen.ip().is_loopback() && !self.insecure_open {
+            return Err(ConfigError::OpenModeOnPublicAddress(self.listen));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return Err(ConfigError::Limit("max_message_bytes must be at least 1024"));
+        }
+        if l.outgoing_queue == 0 {
+            return Err(ConfigError::Limit("outgoing_queue must be at least 1"));
+        }
+        if l.ping_interval.is_zero() || l.max_missed_pongs == 0 {
+            return Err(ConfigError::Limit("ping_interval and max_missed_pongs must be positive"));
+        }
+        if l.awareness_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Limit("awareness_timeout must be at least 1 s"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_mode_refuses_public_address() {
+        let mut c = Config::for_tests(Path::new("/tmp/x"));
+        assert!(c.validate().is_ok());
+        c.listen = "0.0.0.0:1234".parse().unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::OpenModeOnPublicAddress(_))));
+        c.insecure_open = true;
+        assert!(c.validate().is_ok());
+        c.insecure_open = false;
+        c.auth.jwt_secret = Some("s".into());
+        assert!(c.validate().is_ok());
+        c.auth.jwt_public_key = Some("k.pem".into());
+        assert!(matches!(c.validate(), Err(ConfigError::TwoKeys)));
+    }
+
+    #[test]
+    fn config_file_parses_and_rejects_unknown_keys() {
+        let f: ConfigFile = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\ndurability = \"relaxed\"\n[auth]\njwt_secret = \"x\"\n[limits]\nping_interval = 10\n",
+        )
+        .unwrap();
+        assert_eq!(f.durability, Some(Durability::Relaxed));
+        assert_eq!(f.limits.unwrap().ping_interval, Duration::from_secs(10));
+        assert!(toml::from_str::<ConfigFile>("lisen = \"x\"").is_err());
+    }
+}

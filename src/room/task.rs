@@ -1,0 +1,750 @@
+//! The room task: owns one document and its awareness, applies updates in one order, persists
+//! them, and fans each one out as a single encoded frame shared by every subscriber.
+//!
+//! One iteration of the loop takes every command already queued (up to a bound), then commits
+//! the batch: append the updates to the store, apply them, wait for the shared group-commit
+//! flush (strict durability), and only then deliver replies, relays and acks. A client
+//! therefore never sees state that a crash could take back. Awareness is not persisted and is
+//! relayed at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info_span, warn, Instrument};
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact};
+
+use super::{
+    ConnId, Incoming, PeerInfo, PeerLink, PresenceEntry, Registry, RoomCmd, RoomContext, RoomError,
+};
+use crate::config::Durability;
+use crate::protocol::{self, close};
+use crate::store::{StoreError, StoredDoc};
+
+/// Commands taken from the queue before one commit (bounds the latency of a batch).
+const MAX_BATCH: usize = 256;
+/// Awareness client ids one connection may control (a browser tab uses one).
+const MAX_AWARENESS_IDS_PER_CONN: usize = 32;
+/// Fold the log into a new snapshot once it holds this many entries or bytes.
+const COMPACT_LOG_ENTRIES: u64 = 500;
+const COMPACT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+struct Peer {
+    info: PeerInfo,
+    link: PeerLink,
+    /// Update messages from this connection that are stored.
+    stored_updates: u64,
+    /// Stored count last sent in an ack.
+    acked: u64,
+    awareness_ids: HashSet<ClientID>,
+}
+
+enum Origin {
+    Conn(ConnId),
+    Http(oneshot::Sender<Result<(), RoomError>>),
+}
+
+struct PendingUpdate {
+    origin: Origin,
+    raw: Vec<u8>,
+    decoded: yrs::Update,
+}
+
+/// Things to deliver after the batch is committed, in order.
+enum Post {
+    Step2 { conn: ConnId, sv: StateVector },
+    Broadcast { origin: Option<ConnId>, frame: Bytes },
+    GetUpdate { sv: StateVector, reply: oneshot::Sender<Result<Vec<u8>, RoomError>> },
+}
+
+struct Room {
+    name: String,
+    awareness: Awareness,
+    /// Origin of the awareness clock.
+    created: Instant,
+    peers: HashMap<ConnId, Peer>,
+    /// Which connection controls which awareness client id.
+    owners: HashMap<ClientID, ConnId>,
+    ctx: RoomContext,
+    log_entries: u64,
+    log_bytes: u64,
+    last_seq: u64,
+    batch: Vec<PendingUpdate>,
+    post: Vec<Post>,
+    http_done: Vec<oneshot::Sender<Result<(), RoomError>>>,
+    /// Set when the store failed under us: the room refuses everyone and unloads.
+    failed: Option<String>,
+}
+
+/// Entry point of a room task.
+pub(super) async fn run(
+    name: String,
+    generation: u64,
+    rx: mpsc::Receiver<RoomCmd>,
+    ctx: RoomContext,
+    registry: Weak<Registry>,
+) {
+    let span = info_span!("room", doc = %name);
+    run_inner(name, generation, rx, ctx, registry)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner(
+    name: String,
+    generation: u64,
+    mut rx: mpsc::Receiver<RoomCmd>,
+    ctx: RoomContext,
+    registry: Weak<Registry>,
+) {
+    let started = Instant::now();
+    let loaded = load(&name, &ctx).await;
+    let mut room = Room::new(name.clone(), ctx.clone());
+    match loaded {
+        Ok(stored) => {
+            room.restore(stored);
+            debug!(elapsed_ms = started.elapsed().as_millis() as u64, "room loaded");
+        }
+        Err(reason) => {
+            error!(%reason, "document could not be loaded; refusing its clients");
+            room.failed = Some(reason);
+        }
+    }
+
+    let limits = ctx.limits.clone();
+    let sweep_every = (limits.awareness_timeout / 10).max(Duration::from_millis(100));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_since = Some(Instant::now());
+
+    loop {
+        if room.failed.is_some() {
+            // Refuse whatever is queued, then leave the registry so a later request reloads.
+            if let Some(reg) = registry.upgrade() {
+                reg.remove_if(&name, generation, || true);
+            }
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                room.handle(cmd);
+            }
+            room.refuse_all();
+            return;
+        }
+        let idle_deadline = idle_since.map(|t| t + limits.room_idle_unload);
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => {
+                while let Ok(cmd) = rx.try_recv() {
+                    room.handle(cmd);
+                }
+                room.commit().await;
+                room.close_all(close::GOING_AWAY, "server shutting down");
+                room.compact(true).await;
+                if let Err(e) = ctx.flusher.flush().await {
+                    error!(error = %e, "final flush failed");
+                }
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    room.handle(cmd);
+                }
+                room.refuse_all();
+                debug!("room stopped");
+                return;
+            }
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                room.handle(cmd);
+                let mut n = 1;
+                while n < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => { room.handle(cmd); n += 1; }
+                        Err(_) => break,
+                    }
+                }
+                room.commit().await;
+                idle_since = if room.peers.is_empty() { idle_since.or(Some(Instant::now())) } else { None };
+            }
+            _ = sweep.tick() => room.sweep_awareness(),
+            _ = sleep_until_opt(idle_deadline) => {
+                room.compact(true).await;
+                if let Err(e) = ctx.flusher.flush().await {
+                    warn!(error = %e, "flush before unload failed; staying loaded");
+                    idle_since = Some(Instant::now());
+                    continue;
+                }
+                let Some(reg) = registry.upgrade() else { return };
+                if reg.remove_if(&name, generation, || rx.is_empty()) {
+                    rx.close();
+                    while let Ok(cmd) = rx.try_recv() {
+                        room.handle(cmd);
+                    }
+                    room.refuse_all();
+                    debug!("idle room unloaded");
+                    return;
+                }
+                idle_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn load(name: &str, ctx: &crate::room::RoomContext) -> Result<StoredDoc, String> {
+    let store = ctx.store.clone();
+    let doc = name.to_owned();
+    let job = tokio::task::spawn_blocking(move || store.load(&doc));
+    match tokio::time::timeout(ctx.limits.load_timeout, job).await {
+        Err(_) => Err(format!(
+            "loading took longer than {:?}",
+            ctx.limits.load_timeout
+        )),
+        Ok(Err(join)) => Err(format!("load task failed: {join}")),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Ok(Ok(stored))) => Ok(stored),
+    }
+}
+
+impl Room {
+    fn new(name: String, ctx: RoomContext) -> Room {
+        // Awareness timestamps come from tokio's clock so paused-time tests can expire them.
+        let origin = Instant::now();
+        let clock = move || origin.elapsed().as_millis() as u64;
+        Room {
+            name,
+            awareness: Awareness::with_clock(Doc::new(), clock),
+            created: origin,
+            peers: HashMap::new(),
+            owners: HashMap::new(),
+            ctx,
+            log_entries: 0,
+            log_bytes: 0,
+            last_seq: 0,
+            batch: Vec::new(),
+            post: Vec::new(),
+            http_done: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Rebuilds the document from its snapshot and log.
+    fn restore(&mut self, stored: StoredDoc) {
+        let doc = self.awareness.doc();
+        let mut txn = doc.transact_mut();
+        for (i, bytes) in stored.snapshot.iter().chain(stored.updates.iter()).enumerate() {
+            // Every record passed its checksum in the store; an update that still fails here
+            // failed the same way when it was first applied, so skipping it reproduces the
+            // state clients saw.
+            match yrs::Update::decode_v1(bytes) {
+                Ok(u) => {
+                    if let Err(e) = txn.apply_update(u) {
+                        warn!(record = i, error = %e, "stored update did not apply cleanly");
+                    }
+                }
+                Err(e) => warn!(record = i, error = %e, "stored update did not decode"),
+            }
+        }
+        drop(txn);
+        self.log_entries = stored.updates.len() as u64;
+        self.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
+        self.last_seq = stored.last_seq;
+    }
+
+    fn own_client_id(&self) -> ClientID {
+        self.awareness.client_id()
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join {
+                conn,
+                info,
+                link,
+                reply,
+            } => {
+                if let Some(reason) = &self.failed {
+                    let _ = reply.send(Err(RoomError::Unavailable(reason.clone())));
+                    return;
+                }
+                let sv = self.awareness.doc().transact().state_vector();
+                link.send(protocol::encode(&Message::Sync(SyncMessage::SyncStep1(sv))));
+                if let Some(frame) = self.full_awareness() {
+                    link.send(frame);
+                }
+                debug!(conn, user = %info.user, can_edit = info.can_edit, "joined");
+                self.peers.insert(
+                    conn,
+                    Peer {
+                        info,
+                        link,
+                        stored_updates: 0,
+                        acked: 0,
+                        awareness_ids: HashSet::new(),
+                    },
+                );
+                metrics::gauge!("wedsync_room_peers").increment(1.0);
+                let _ = reply.send(Ok(()));
+            }
+            RoomCmd::Frame { conn, msgs } => {
+                for msg in msgs {
+                    let Some(peer) = self.peers.get(&conn) else { return };
+                    if peer.link.closer.is_closed() {
+                        return;
+                    }
+                    match msg {
+                        Incoming::SyncStep1(sv) => self.post.push(Post::Step2 { conn, sv }),
+                        Incoming::Update { raw, decoded } => {
+                            if peer.info.can_edit {
+                                self.batch.push(PendingUpdate {
+                                    origin: Origin::Conn(conn),
+                                    raw,
+                                    decoded,
+                                });
+                            }
+                        }
+                        Incoming::Awareness(update) => self.apply_awareness(conn, update),
+                        Incoming::AwarenessQuery => {
+                            if let Some(frame) = self.full_awareness() {
+                                peer.link.send(frame);
+                            }
+                        }
+                    }
+                }
+            }
+            RoomCmd::Leave { conn } => {
+                if let Some(peer) = self.peers.remove(&conn) {
+                    metrics::gauge!("wedsync_room_peers").decrement(1.0);
+                    debug!(conn, "left");
+                    let ids: Vec<ClientID> = peer.awareness_ids.into_iter().collect();
+                    for id in &ids {
+                        if self.owners.get(id) == Some(&conn) {
+                            self.owners.remove(id);
+                        }
+                    }
+                    self.remove_awareness_states(&ids);
+                }
+            }
+            RoomCmd::GetUpdate { sv, reply } => {
+                if let Some(reason) = &self.failed {
+                    let _ = reply.send(Err(RoomError::Unavailable(reason.clone())));
+                } else {
+                    self.post.push(Post::GetUpdate { sv, reply });
+                }
+            }
+            RoomCmd::ApplyUpdate {
+                raw,
+                decoded,
+                reply,
+            } => {
+                if let Some(reason) = &self.failed {
+                    let _ = reply.send(Err(RoomError::Unavailable(reason.clone())));
+                } else {
+                    self.batch.push(PendingUpdate {
+                        origin: Origin::Http(reply),
+                        raw,
+                        decoded,
+                    });
+                }
+            }
+            RoomCmd::Presence { reply } => {
+                let _ = reply.send(self.presence());
+            }
+        }
+    }
+
+    /// Stores, applies, flushes and delivers everything gathered since the last commit.
+    async fn commit(&mut self) {
+        if self.batch.is_empty() && self.post.is_empty() {
+            return;
+        }
+        let appended = self.store_and_apply().await;
+        if appended && self.ctx.durability == Durability::Strict && !self.flush().await {
+            return;
+        }
+        self.deliver();
+        if appended && self.ctx.durability == Durability::Relaxed && !self.flush().await {
+            return;
+        }
+        self.send_acks();
+        self.compact(false).await;
+    }
+
+    /// Appends the batch to the store and applies what was stored. Returns whether anything
+    /// was appended.
+    async fn store_and_apply(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return false;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let raws: Vec<Vec<u8>> = batch.iter_mut().map(|p| std::mem::take(&mut p.raw)).collect();
+        let bytes: u64 = raws.iter().map(|r| r.len() as u64).sum();
+        let store = self.ctx.store.clone();
+        let name = self.name.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+            store.append(&name, &refs)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))));
+        let seq = match res {
+            Ok(seq) => seq,
+            Err(e) => {
+                let code = if matches!(e, StoreError::Full(_)) {
+                    close::TRY_AGAIN
+                } else {
+                    close::INTERNAL
+                };
+                error!(error = %e, updates = batch.len(), "updates not stored; refusing their writers");
+                for p in batch {
+                    match p.origin {
+                        Origin::Conn(c) => {
+                            if let Some(peer) = self.peers.get(&c) {
+                                peer.link.closer.close(code, format!("update not stored: {e}"));
+                            }
+                        }
+                        Origin::Http(reply) => {
+                            let _ = reply.send(Err(RoomError::NotStored(e.to_string())));
+                        }
+                    }
+                }
+                return false;
+            }
+        };
+        self.last_seq = seq;
+        self.log_entries += batch.len() as u64;
+        self.log_bytes += bytes;
+        metrics::counter!("wedsync_updates_stored_total").increment(batch.len() as u64);
+
+        for p in batch {
+            let result = {
+                let mut txn = self.awareness.doc().transact_mut();
+                match txn.apply_update(p.decoded) {
+                    Ok(()) => {
+                        let changed = txn.before_state() != txn.after_state()
+                            || !txn.delete_set().is_empty();
+                        Ok(changed.then(|| txn.encode_update_v1()))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match (p.origin, result) {
+                (Origin::Conn(c), Ok(effective)) => {
+                    if let Some(peer) = self.peers.get_mut(&c) {
+                        peer.stored_updates += 1;
+                    }
+                    if let Some(update) = effective {
+                        self.post.push(Post::Broadcast {
+                            origin: Some(c),
+                            frame: protocol::encode_update(&update),
+                        });
+                    }
+                }
+                (Origin::Http(reply), Ok(effective)) => {
+                    if let Some(update) = effective {
+                        self.post.push(Post::Broadcast {
+                            origin: None,
+                            frame: protocol::encode_update(&update),
+                        });
+                    }
+                    self.http_done.push(reply);
+                }
+                (Origin::Conn(c), Err(e)) => {
+                    warn!(conn = c, error = %e, "update could not be applied");
+                    if let Some(peer) = self.peers.get(&c) {
+                        peer.link
+                            .closer
+                            .close(close::INVALID_PAYLOAD, format!("invalid update: {e}"));
+                    }
+                }
+                (Origin::Http(reply), Err(e)) => {
+                    let _ = reply.send(Err(RoomError::InvalidUpdate(e)));
+                }
+            }
+        }
+        true
+    }
+
+    /// Waits for the group-commit flush. On failure the room gives up its in-memory state
+    /// (which may now hold updates the disk does not) and unloads; clients resync on reconnect.
+    async fn flush(&mut self) -> bool {
+        match self.ctx.flusher.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "flush failed; closing the room so it reloads from disk");
+                self.failed = Some(format!("flush failed: {e}"));
+                let code = if matches!(e, StoreError::Full(_)) {
+                    close::TRY_AGAIN
+                } else {
+                    close::INTERNAL
+                };
+                self.close_all(code, "storage failure, reconnect to resync");
+                self.post.clear();
+                for reply in self.http_done.drain(..) {
+                    let _ = reply.send(Err(RoomError::NotStored(e.to_string())));
+                }
+                false
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        let posts = std::mem::take(&mut self.post);
+        let mut deliveries = 0u64;
+        for post in posts {
+            match post {
+                Post::Step2 { conn, sv } => {
+                    if let Some(peer) = self.peers.get(&conn) {
+                        let update = self.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                        peer.link
+                            .send(protocol::encode(&Message::Sync(SyncMessage::SyncStep2(update))));
+                    }
+                }
+                Post::Broadcast { origin, frame } => {
+                    for (id, peer) in &self.peers {
+                        if Some(*id) != origin && peer.link.send(frame.clone()) {
+                            deliveries += 1;
+                        }
+                    }
+                }
+                Post::GetUpdate { sv, reply } => {
+                    let update = self.awareness.doc().transact().encode_state_as_update_v1(&sv);
+                    let _ = reply.send(Ok(update));
+                }
+            }
+        }
+        if deliveries > 0 {
+            metrics::counter!("wedsync_update_deliveries_total").increment(deliveries);
+        }
+    }
+
+    fn send_acks(&mut self) {
+        for peer in self.peers.values_mut() {
+            if peer.info.ack && peer.stored_updates > peer.acked {
+                peer.acked = peer.stored_updates;
+                peer.link.send(protocol::encode_ack(peer.stored_updates));
+            }
+        }
+        for reply in self.http_done.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Folds the log into a new snapshot when it grew past the thresholds (or when `force`d
+    /// and there is anything to fold).
+    async fn compact(&mut self, force: bool) {
+        if self.failed.is_some() || self.log_entries == 0 {
+            return;
+        }
+        if !force && self.log_entries < COMPACT_LOG_ENTRIES && self.log_bytes < COMPACT_LOG_BYTES {
+            return;
+        }
+        let snapshot = self
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let store = self.ctx.store.clone();
+        let name = self.name.clone();
+        let upto = self.last_seq;
+        let res = tokio::task::spawn_blocking(move || store.compact(&name, &snapshot, upto))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+        match res {
+            Ok(()) => {
+                debug!(entries = self.log_entries, bytes = self.log_bytes, "compacted");
+                metrics::counter!("wedsync_compactions_total").increment(1);
+                self.log_entries = 0;
+                self.log_bytes = 0;
+            }
+            // The log and old snapshot are intact; try again later.
+            Err(e) => warn!(error = %e, "compaction failed"),
+        }
+    }
+
+    fn full_awareness(&self) -> Option<Bytes> {
+        let update = self.awareness.update().ok()?;
+        if update.clients.is_empty() {
+            return None;
+        }
+        Some(protocol::encode(&Message::Awareness(update)))
+    }
+
+    fn broadcast_awareness(&self, except: Option<ConnId>, update: AwarenessUpdate) {
+        let frame = protocol::encode(&Message::Awareness(update));
+        for (id, peer) in &self.peers {
+            if Some(*id) != except {
+                peer.link.send(frame.clone());
+            }
+        }
+    }
+
+    fn apply_awareness(&mut self, conn: ConnId, update: AwarenessUpdate) {
+        let own = self.own_client_id();
+        let mut accepted = AwarenessUpdate {
+            clients: HashMap::with_capacity(update.clients.len()),
+        };
+        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        for (id, entry) in update.clients {
+            let owner = self.owners.get(&id).copied();
+            if id == own || owner.is_some_and(|o| o != conn) {
+                debug!(conn, client = id.get(), "awareness for a client id this connection does not control; ignored");
+                continue;
+            }
+            if entry.json.as_ref() == "null" {
+                peer.awareness_ids.remove(&id);
+                if owner == Some(conn) {
+                    self.owners.remove(&id);
+                }
+            } else if owner.is_none() {
+                if peer.awareness_ids.len() >= MAX_AWARENESS_IDS_PER_CONN {
+                    debug!(conn, "too many awareness ids for one connection; ignored");
+                    continue;
+                }
+                peer.awareness_ids.insert(id);
+                self.owners.insert(id, conn);
+            }
+            accepted.clients.insert(id, entry);
+        }
+        if accepted.clients.is_empty() {
+            return;
+        }
+        match self.awareness.apply_update_summary(accepted) {
+            Ok(Some(summary)) => {
+                let changed = summary.all_changes();
+                if let Ok(update) = self.awareness.update_with_clients(changed) {
+                    self.broadcast_awareness(Some(conn), update);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(conn, error = %e, "awareness update not applied"),
+        }
+    }
+
+    /// Removes awareness states the way y-protocols does: a null state at the *same* clock, so
+    /// a client that is in fact alive reappears with its next renewal.
+    fn remove_awareness_states(&mut self, ids: &[ClientID]) {
+        let mut update = AwarenessUpdate {
+            clients: HashMap::new(),
+        };
+        for (id, state) in self.awareness.iter() {
+            if state.data.is_some() && ids.contains(&id) {
+                update.clients.insert(
+                    id,
+                    AwarenessUpdateEntry {
+                        clock: state.clock,
+                        json: "null".into(),
+                    },
+                );
+            }
+        }
+        if update.clients.is_empty() {
+            return;
+        }
+        if let Err(e) = self.awareness.apply_update(update.clone()) {
+            debug!(error = %e, "awareness removal failed");
+            return;
+        }
+        self.broadcast_awareness(None, update);
+    }
+
+    /// Drops awareness states that were not renewed within the timeout.
+    fn sweep_awareness(&mut self) {
+        let timeout = self.ctx.limits.awareness_timeout.as_millis() as u64;
+        let own = self.own_client_id();
+        let now = self.awareness_now();
+        let stale: Vec<ClientID> = self
+            .awareness
+            .iter()
+            .filter(|(id, s)| {
+                *id != own && s.data.is_some() && now.saturating_sub(s.last_updated) >= timeout
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        debug!(count = stale.len(), "removing stale awareness states");
+        for id in &stale {
+            if let Some(conn) = self.owners.remove(id) {
+                if let Some(peer) = self.peers.get_mut(&conn) {
+                    peer.awareness_ids.remove(id);
+                }
+            }
+        }
+        self.remove_awareness_states(&stale);
+    }
+
+    /// The awareness clock: milliseconds since `created` on tokio's clock (see [`Room::new`]).
+    fn awareness_now(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64
+    }
+
+    fn presence(&self) -> Vec<PresenceEntry> {
+        let mut out: Vec<PresenceEntry> = self
+            .peers
+            .values()
+            .map(|p| {
+                let mut awareness = serde_json::Map::new();
+                for id in &p.awareness_ids {
+                    if let Some(state) = self.awareness.state::<serde_json::Value>(*id) {
+                        awareness.insert(id.get().to_string(), state);
+                    }
+                }
+                PresenceEntry {
+                    user: p.info.user.clone(),
+                    name: p.info.name.clone(),
+                    role: p.info.role.clone(),
+                    can_edit: p.info.can_edit,
+                    connected_since: p
+                        .info
+                        .connected_at
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    awareness,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.connected_since, &a.user).cmp(&(b.connected_since, &b.user)));
+        out
+    }
+
+    fn close_all(&mut self, code: u16, reason: &str) {
+        for peer in self.peers.values() {
+            peer.link.closer.close(code, reason);
+        }
+    }
+
+    /// Answers every waiting request with "closed" (used when the room stops).
+    fn refuse_all(&mut self) {
+        let reason = self.failed.clone();
+        for p in self.batch.drain(..) {
+            if let Origin::Http(reply) = p.origin {
+                let _ = reply.send(Err(RoomError::Closed));
+            }
+        }
+        for post in self.post.drain(..) {
+            if let Post::GetUpdate { reply, .. } = post {
+                let _ = reply.send(Err(RoomError::Closed));
+            }
+        }
+        if let Some(reason) = reason {
+            for peer in self.peers.values() {
+                peer.link
+                    .closer
+                    .close(close::INTERNAL, format!("document unavailable: {reason}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The HTTP server: shared state, the axum router, start-up and graceful shutdown.
+//!
+//! Why it exists: tests and `main` build the very same server through [`Server::start`], so
+//! every integration test exercises the real router on a real socket. Shutdown is explicit
+//! because axum's graceful shutdown does not end upgraded WebSocket sessions: we cancel every
+//! session (close 1001), wait for them, then stop every room (each flushes and compacts its
+//! document) and flush the store before returning.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiError};
+use crate::config::{Config, ConfigError};
+use crate::room::{PeerInfo, Registry};
+use crate::store::{Flusher, SharedStore, SledStore, StoreError};
+
+/// How long sled may take to open the data directory before start-up fails.
+const STORE_OPEN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long shutdown waits for sessions to close before going on regardless.
+const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub store: SharedStore,
+    /// Every WebSocket session, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+impl AppState {
+    /// Identity and access of a WebSocket client for `doc`.
+    pub fn peer_info(
+        &self,
+        _query: Option<&str>,
+        _headers: &HeaderMap,
+        _doc: &str,
+    ) -> Result<PeerInfo, ApiError> {
+        Ok(PeerInfo {
+            user: "anonymous".into(),
+            name: None,
+            role: None,
+            can_edit: true,
+            ack: false,
+            connected_at: SystemTime::now(),
+        })
+    }
+
+    /// Checks an HTTP request's access to `doc` (`edit`: write access needed).
+    pub fn authorize(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        doc: &str,
+        edit: bool,
+    ) -> Result<PeerInfo, ApiError> {
+        let info = self.peer_info(query, headers, doc)?;
+        if edit && !info.can_edit {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token may only view this document",
+            ));
+        }
+        Ok(info)
+    }
+
+    /// Whether `doc` is loaded or was ever stored.
+    pub async fn document_exists(&self, doc: &str) -> Result<bool, ApiError> {
+        if self.registry.loaded(doc).is_some() {
+            return Ok(true);
+        }
+        let store = self.store.clone();
+        let name = doc.to_owned();
+        let stats = tokio::task::spawn_blocking(move || store.stats(&name))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        match stats {
+            Ok(s) => Ok(s.is_some()),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Builds the router (also used by tests through [`Server::start`]).
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_message_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/docs/{doc}/update",
+            get(api::get_doc_update).post(api::post_doc_update),
+        )
+        .route("/{doc}", get(crate::ws::upgrade))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = app.store.clone();
+    let probe = tokio::task::spawn_blocking(move || store.stats("__readyz_probe__")).await;
+    match probe {
+        Ok(Ok(_)) if !app.shutdown.is_cancelled() => Ok(Json(
+            serde_json::json!({"status": "ready", "rooms_loaded": app.registry.len()}),
+        )),
+        Ok(Ok(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())),
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    serve: JoinHandle<std::io::Result<()>>,
+    flusher: Flusher,
+}
+
+impl Server {
+    /// Validates the configuration, opens the sled store in `config.data_dir`, binds
+    /// `config.listen` and starts serving.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, STORE_OPEN_DEADLINE))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Server::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Like [`Server::start`], on a store the caller opened.
+    pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Server, ServerError> {
+        config.validate()?;
+        crate::metrics::install();
+        if config.auth.is_open() {
+            warn!(
+                "no JWT key configured: open development mode, everyone may edit every document"
+            );
+        }
+        let flusher = Flusher::new(store.clone());
+        let registry = Registry::new(&config, store.clone(), flusher.clone());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            config: Arc::new(config),
+            registry,
+            store,
+            connections: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            // Small y-protocols frames must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        });
+        let router = app(state.clone());
+        let stop = state.shutdown.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        });
+        info!(%addr, "listening");
+        Ok(Server {
+            addr,
+            state,
+            serve,
+            flusher,
+        })
+    }
+
+    /// The address the server is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shared state (for tests that inspect rooms).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, closes every session with 1001, flushes every room to the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        info!("shutting down");
+        self.state.shutdown.cancel();
+        self.state.connections.close();
+        if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, self.state.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!("some sessions did not close in time");
+        }
+        match self.serve.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "server loop ended with an error"),
+            Err(e) => warn!(error = %e, "server task failed"),
+        }
+        self.state.registry.shutdown().await;
+        self.flusher.flush().await?;
+        info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! One WebSocket session: a reader (this task) and a writer task.
+//!
+//! Why it exists: reading and writing must not block each other. The reader frames and
+//! validates client messages and forwards them to the room; the writer drains the bounded
+//! outgoing queue (several queued frames go out with one flush), sends pings and the close
+//! frame. Both stop on the connection's [`Closer`], which the room, the reader, the writer or
+//! server shutdown can trigger with a close code.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use crate::protocol::{self, close, decode_client_frame};
+use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
+use crate::server::AppState;
+
+/// How long the writer tries to deliver a close frame before dropping the socket.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a session until either side closes it.
+pub async fn run(app: AppState, socket: WebSocket, doc: String, conn: ConnId, info: PeerInfo) {
+    let span = info_span!("conn", id = conn, doc = %doc, user = %info.user);
+    run_inner(app, socket, doc, conn, info).instrument(span).await
+}
+
+async fn run_inner(app: AppState, socket: WebSocket, doc: String, conn: ConnId, info: PeerInfo) {
+    metrics::counter!("wedsync_connections_total").increment(1);
+    metrics::gauge!("wedsync_connections").increment(1.0);
+    let limits = &app.config.limits;
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Bytes>(limits.outgoing_queue);
+    let closer = Closer::new();
+    let missed_pongs = Arc::new(AtomicU32::new(0));
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            rx,
+            closer.clone(),
+            missed_pongs.clone(),
+            limits.ping_interval,
+            limits.max_missed_pongs,
+        )
+        .in_current_span(),
+    );
+
+    let can_edit = info.can_edit;
+    let link = PeerLink {
+        tx: tx.clone(),
+        closer: closer.clone(),
+    };
+    match app.registry.join(&doc, conn, info, link).await {
+        Ok(room) => {
+            read_loop(&app, stream, &room, conn, &closer, &tx, &missed_pongs, can_edit).await;
+            room.leave(conn).await;
+        }
+        Err(e) => {
+            debug!(error = %e, "join refused");
+            closer.close(close::INTERNAL, e.to_string());
+        }
+    }
+    // Normal end from the client side: stop the writer too.
+    closer.close(1000, "");
+    drop(tx);
+    let _ = writer.await;
+    if let Some((code, reason)) = closer.frame() {
+        debug!(code, %reason, "closed");
+        metrics::counter!("wedsync_closes_total", "code" => code.to_string()).increment(1);
+    }
+    metrics::gauge!("wedsync_connections").decrement(1.0);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    app: &AppState,
+    mut stream: SplitStream<WebSocket>,
+    room: &RoomHandle,
+    conn: ConnId,
+    closer: &Arc<Closer>,
+    tx: &mpsc::Sender<Bytes>,
+    missed_pongs: &AtomicU32,
+    can_edit: bool,
+) {
+    let mut denied_sent = false;
+    let mut refused_updates = 0u64;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = closer.closed() => return,
+            _ = app.shutdown.cancelled() => {
+                closer.close(close::GOING_AWAY, "server shutting down");
+                return;
+            }
+            msg = stream.next() => msg,
+        };
+        let data = match msg {
+            None => return,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                let (code, reason) = if text.contains("Space limit exceeded")
+                    || text.contains("too long")
+                    || text.contains("too big")
+                {
+                    (close::TOO_BIG, "message too big".to_string())
+                } else {
+                    (close::PROTOCOL_ERROR, format!("websocket error: {text}"))
+                };
+                debug!(error = %text, "read error");
+                closer.close(code, reason);
+                return;
+            }
+            Some(Ok(WsMessage::Binary(data))) => data,
+            Some(Ok(WsMessage::Text(_))) => {
+                closer.close(close::UNSUPPORTED_DATA, "text frames are not supported; send binary y-protocols messages");
+                return;
+            }
+            Some(Ok(WsMessage::Pong(_))) => {
+                missed_pongs.store(0, Ordering::Relaxed);
+                continue;
+            }
+            Some(Ok(WsMessage::Ping(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) => return,
+        };
+        metrics::counter!("wedsync_bytes_received_total").increment(data.len() as u64);
+        let messages = match decode_client_frame(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "malformed frame");
+                closer.close(e.close_code(), e.to_string());
+                return;
+            }
+        };
+        let mut incoming = Vec::with_capacity(messages.len());
+        for m in messages {
+            let is_update = matches!(
+                m,
+                yrs::sync::Message::Sync(
+                    yrs::sync::SyncMessage::SyncStep2(_) | yrs::sync::SyncMessage::Update(_)
+                )
+            );
+            if is_update && !can_edit {
+                // Never decode what we will not apply.
+                refused_updates += 1;
+                metrics::counter!("wedsync_view_only_updates_refused_total").increment(1);
+                debug!(refused_updates, "update from a view-only connection not applied");
+                if !denied_sent {
+                    denied_sent = true;
+                    let _ = tx.try_send(protocol::encode_permission_denied(
+                        "permission denied: this connection may only view the document",
+                    ));
+                }
+                continue;
+            }
+            match Incoming::from_message(m) {
+                None => {}
+                Some(Ok(i)) => incoming.push(i),
+                Some(Err((_, e))) => {
+                    debug!(error = %e, "update does not decode");
+                    closer.close(close::INVALID_PAYLOAD, format!("invalid update: {e}"));
+                    return;
+                }
+            }
+        }
+        if incoming.is_empty() {
+            continue;
+        }
+        if room.frame(conn, incoming).await.is_err() {
+            closer.close(close::INTERNAL, "document closed");
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Bytes>,
+    closer: Arc<Closer>,
+    missed_pongs: Arc<AtomicU32>,
+    ping_interval: Duration,
+    max_missed: u32,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            frame = rx.recv() => match frame {
+                None => break,
+                Some(frame) => {
+                    let send = async {
+                        sink.feed(WsMessage::Binary(frame)).await?;
+                        // Several queued frames, one flush (one syscall in the common case).
+                        while let Ok(frame) = rx.try_recv() {
+                            sink.feed(WsMessage::Binary(frame)).await?;
+                        }
+                        sink.flush().await
+                    };
+                    tokio::select! {
+                        biased;
+                        r = send => r,
+                        // A client that stops reading blocks the send; closing must still win.
+                        _ = closer.closed() => break,
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if missed_pongs.fetch_add(1, Ordering::Relaxed) >= max_missed {
+                    closer.close(close::PING_TIMEOUT, "no pong to the last pings");
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    r = sink.send(WsMessage::Ping(Bytes::new())) => r,
+                    _ = closer.closed() => break,
+                }
+            }
+        };
+        if result.is_err() {
+            closer.close(1000, "");
+            break;
+        }
+    }
+    if let Some((code, reason)) = closer.frame() {
+        if code != 1000 {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(truncate_reason(&reason)),
+            };
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame))))
+                .await;
+        } else {
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
+        }
+    }
+}
+
+/// A close reason must fit in a control frame (123 bytes of UTF-8).
+fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= 123 {
+        return reason.to_owned();
+    }
+    let mut end = 120;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
+}
+
+/// Builds the identity of a connection in open development mode.
+pub fn open_mode_peer(ack: bool) -> PeerInfo {
+    PeerInfo {
+        user: "anonymous".into(),
+        name: None,
+        role: None,
+        can_edit: true,
+        ack,
+        connected_at: SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_reason_fits_a_control_frame() {
+        let long = "é".repeat(100);
+        let r = super::truncate_reason(&long);
+        assert!(r.len() <= 123);
+        assert_eq!(super::truncate_reason("short"), "short");
+    }
+}

@@ -1,0 +1,58 @@
+//! WebSocket manager: the `GET /{doc}` upgrade and the per-socket session.
+//!
+//! Why it exists: everything that must happen before a single client byte is decoded lives
+//! here — document-name validation, authentication and access checks, socket limits (frame and
+//! message size, buffer sizes) — and then [`connection`] runs the session.
+
+pub mod connection;
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{query_param, validate_doc_name, ApiError};
+use crate::server::AppState;
+
+/// Read buffer per socket. Small: most y-protocols messages are tiny, and idle connections
+/// should cost little memory (tungstenite grows the buffer for larger messages).
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite buffers before writing to the socket (a flush always writes).
+const WRITE_BUFFER: usize = 8 * 1024;
+
+/// `GET /{doc}`: upgrade to a y-websocket session.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    Path(doc): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(e) = validate_doc_name(&doc) {
+        return e.into_response();
+    }
+    let info = match app.peer_info(query.as_deref(), &headers, &doc) {
+        Ok(info) => info,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(e.status(), "websocket_upgrade_required", e.body_text())
+                .into_response()
+        }
+    };
+    let ack = query_param(query.as_deref(), "ack").is_some_and(|v| v == "1" || v == "true");
+    let info = crate::room::PeerInfo { ack, ..info };
+    let limits = &app.config.limits;
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let tracker = app.connections.clone();
+    ws.max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(limits.max_message_bytes.saturating_mul(2))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(app, socket, doc, conn, info)))
+}
