@@ -4,6 +4,7 @@
 //! Needs Node >= 20 and `npm ci --prefix tests/js`; without them every test here fails with a
 //! message saying so. The scripts are described in `tests/js/README.md`.
 
+#[path = "interop/support.rs"]
 mod support;
 
 use std::path::Path;

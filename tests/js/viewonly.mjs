@@ -42,6 +42,14 @@ main({ secret: 'string', 'view-token': 'string', 'edit-token': 'string', 'settle
   await waitUntil(() => viewer.doc.getMap('map').get('title') === marker &&
     viewer.doc.getText('text').toString().includes('editor text'), 'viewer sees the editor\'s edit')
 
+  // A viewer that has not edited must not be told "permission denied": WebsocketProvider
+  // answers the server's sync step 1 with a step 2 on every connect (empty here), and would
+  // warn the user each time. Give a premature denial time to arrive.
+  await sleep(settle)
+  assert(viewer.authDenied.length === 0,
+    `viewer got "permission denied" before editing anything (reason: ${viewer.authDenied[0]}); ` +
+    'probably the server refused the empty sync step 2 every y-websocket client sends on connect')
+
   // The viewer edits: the server must answer "permission denied" and apply nothing.
   viewer.doc.getMap('map').set('viewer-edit', 'must not be applied')
   viewer.doc.getMap('map').set('title', 'overwritten by viewer')
