@@ -34,9 +34,27 @@ async fn two_js_clients_converge_on_map_array_text() {
 async fn awareness_is_relayed_and_removed_on_leave_and_on_drop() {
     let dir = tempfile::tempdir().unwrap();
     let (server, url) = start(dir.path()).await;
-    let out = node("awareness.mjs", &url, "awareness-room", &["--remove-within-ms", "5000"]).await;
-    assert!(out["seen"]["user"]["name"].as_str().unwrap().starts_with("Alice"), "{out}");
-    assert!(out["dropSeen"]["user"]["name"].as_str().unwrap().starts_with("Carol"), "{out}");
+    let out = node(
+        "awareness.mjs",
+        &url,
+        "awareness-room",
+        &["--remove-within-ms", "5000"],
+    )
+    .await;
+    assert!(
+        out["seen"]["user"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Alice"),
+        "{out}"
+    );
+    assert!(
+        out["dropSeen"]["user"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Carol"),
+        "{out}"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -62,7 +80,13 @@ async fn acknowledged_js_writes_survive_a_restart() {
     server.shutdown().await.unwrap();
 
     let (server, url) = start(dir.path()).await;
-    let read = node("read.mjs", &url, "restart-room", &["--expect-entries", "100"]).await;
+    let read = node(
+        "read.mjs",
+        &url,
+        "restart-room",
+        &["--expect-entries", "100"],
+    )
+    .await;
     assert_eq!(read["json"]["entries"]["e99"], "value-99");
     server.shutdown().await.unwrap();
 }

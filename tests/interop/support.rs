@@ -35,7 +35,14 @@ static NODE_SLOTS: Semaphore = Semaphore::const_new(2);
 /// `tests/js`, after checking that `npm ci` ran there. Fails (never skips) when it did not.
 pub fn js_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    for package in ["yjs", "y-websocket", "y-protocols", "lib0", "ws", "jsonwebtoken"] {
+    for package in [
+        "yjs",
+        "y-websocket",
+        "y-protocols",
+        "lib0",
+        "ws",
+        "jsonwebtoken",
+    ] {
         assert!(
             dir.join("node_modules").join(package).is_dir(),
             "tests/js/node_modules/{package} is missing: run `npm ci --prefix tests/js` \
@@ -49,7 +56,10 @@ pub fn js_dir() -> PathBuf {
 /// the JSON line it printed.
 pub async fn node(script: &str, url: &str, room: &str, args: &[&str]) -> Value {
     let dir = js_dir();
-    let _slot = NODE_SLOTS.acquire().await.expect("semaphore is never closed");
+    let _slot = NODE_SLOTS
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
     let child = tokio::process::Command::new("node")
         .arg(dir.join(script))
         .arg(url)
@@ -73,7 +83,10 @@ pub async fn node(script: &str, url: &str, room: &str, args: &[&str]) -> Value {
         "node {script} {url} {room} {args:?} failed ({}):\n--- stderr\n{stderr}--- stdout\n{stdout}",
         out.status
     );
-    let line = stdout.lines().last().unwrap_or_else(|| panic!("{script} printed nothing"));
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{script} printed nothing"));
     serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("{script} printed no JSON line ({e}): {stdout}"))
 }
@@ -104,8 +117,15 @@ impl YClient {
             doc.get_or_insert_array("array"),
             doc.get_or_insert_text("text"),
         );
-        let mut client =
-            YClient { doc, map, array, text, synced: false, auth_denied: Vec::new(), ws };
+        let mut client = YClient {
+            doc,
+            map,
+            array,
+            text,
+            synced: false,
+            auth_denied: Vec::new(),
+            ws,
+        };
         let sv = client.doc.transact().state_vector();
         client.send(Message::Sync(SyncMessage::SyncStep1(sv))).await;
         client
@@ -149,15 +169,29 @@ impl YClient {
 
     fn apply(&self, update: &[u8]) {
         let update = Update::decode_v1(update).expect("yrs client: undecodable update");
-        self.doc.transact_mut().apply_update(update).expect("yrs client: update not applicable");
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .expect("yrs client: update not applicable");
     }
 
     /// Handle incoming messages until `pred` holds; panic naming `what` after `timeout`.
-    pub async fn wait_until(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Self) -> bool) {
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Self) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !pred(self) {
-            if tokio::time::timeout_at(deadline, self.pump()).await.is_err() {
-                panic!("yrs client: timed out after {timeout:?} waiting for {what}; doc = {}", self.json());
+            if tokio::time::timeout_at(deadline, self.pump())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "yrs client: timed out after {timeout:?} waiting for {what}; doc = {}",
+                    self.json()
+                );
             }
         }
     }
@@ -185,7 +219,11 @@ impl YClient {
     /// State vector as `{"clientId": clock}`, as the JS scripts print it.
     pub fn state_vector(&self) -> Value {
         let sv = self.doc.transact().state_vector();
-        Value::Object(sv.iter().map(|(client, clock)| (client.to_string(), json!(clock))).collect())
+        Value::Object(
+            sv.iter()
+                .map(|(client, clock)| (client.to_string(), json!(clock)))
+                .collect(),
+        )
     }
 }
 
@@ -193,12 +231,23 @@ impl YClient {
 /// nested Y.Map created by JS, Y.Array, Y.Text) and all three must end with the same document.
 pub async fn rust_and_js_clients_converge(base: &str, room: &str) {
     let mut rust = YClient::connect(base, room).await;
-    rust.wait_until("sync with the server", Duration::from_secs(10), |c| c.synced).await;
+    rust.wait_until("sync with the server", Duration::from_secs(10), |c| {
+        c.synced
+    })
+    .await;
 
     // The JS pair waits for "from-rust", which the Rust client sets in its last transaction.
     let js = tokio::spawn({
         let (base, room) = (base.to_string(), room.to_string());
-        async move { node("converge.mjs", &base, &room, &["--wait-for-key", "from-rust"]).await }
+        async move {
+            node(
+                "converge.mjs",
+                &base,
+                &room,
+                &["--wait-for-key", "from-rust"],
+            )
+            .await
+        }
     });
 
     rust.edit(|c, txn| {
@@ -208,10 +257,14 @@ pub async fn rust_and_js_clients_converge(base: &str, room: &str) {
     })
     .await;
     // Second round on content the JS clients created: it races with their second round.
-    rust.wait_until("both JS clients' first edits", Duration::from_secs(20), |c| {
-        let txn = c.doc.transact();
-        c.map.contains_key(&txn, "guest-A") && c.map.contains_key(&txn, "from-B")
-    })
+    rust.wait_until(
+        "both JS clients' first edits",
+        Duration::from_secs(20),
+        |c| {
+            let txn = c.doc.transact();
+            c.map.contains_key(&txn, "guest-A") && c.map.contains_key(&txn, "from-B")
+        },
+    )
     .await;
     rust.edit(|c, txn| {
         match c.map.get(txn, "guest-A") {
@@ -229,21 +282,43 @@ pub async fn rust_and_js_clients_converge(base: &str, room: &str) {
     let out = js.await.expect("converge.mjs task");
     assert_eq!(out["a"], out["b"], "the two JS clients differ");
     let js_view = out["a"].clone();
-    rust.wait_until("the same document as the JS clients", Duration::from_secs(10), |c| {
-        c.json() == js_view
-    })
+    rust.wait_until(
+        "the same document as the JS clients",
+        Duration::from_secs(10),
+        |c| c.json() == js_view,
+    )
     .await;
-    assert_eq!(rust.state_vector(), out["stateVector"], "state vectors differ");
+    assert_eq!(
+        rust.state_vector(),
+        out["stateVector"],
+        "state vectors differ"
+    );
 
     let view = rust.json();
     assert_eq!(view["map"]["from-rust"], "yrs");
     assert_eq!(view["map"]["rust-early"], 1);
-    assert_eq!(view["map"]["guest-A"]["table"], "t1", "yrs edit inside a JS-created Y.Map");
+    assert_eq!(
+        view["map"]["guest-A"]["table"], "t1",
+        "yrs edit inside a JS-created Y.Map"
+    );
     assert_eq!(view["map"]["guest-B"]["rsvp"], "yes");
-    let array: Vec<&str> = view["array"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(array.contains(&"R-early") && array.contains(&"R-late"), "array: {array:?}");
+    let array: Vec<&str> = view["array"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        array.contains(&"R-early") && array.contains(&"R-late"),
+        "array: {array:?}"
+    );
     let text = view["text"].as_str().unwrap();
-    for part in ["[rust] ", "[rust again] ", "hello from A. ", "hello from B. "] {
+    for part in [
+        "[rust] ",
+        "[rust again] ",
+        "hello from A. ",
+        "hello from B. ",
+    ] {
         assert!(text.contains(part), "text {text:?} lacks {part:?}");
     }
 }
