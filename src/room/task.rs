@@ -67,7 +67,7 @@ enum Post {
     },
     Broadcast {
         origin: Option<ConnId>,
-        frame: Bytes,
+        update: Vec<u8>,
     },
     GetUpdate {
         sv: StateVector,
@@ -503,7 +503,7 @@ impl Room {
                     if let Some(update) = effective {
                         self.post.push(Post::Broadcast {
                             origin: Some(c),
-                            frame: protocol::encode_update(&update),
+                            update,
                         });
                     }
                 }
@@ -511,7 +511,7 @@ impl Room {
                     if let Some(update) = effective {
                         self.post.push(Post::Broadcast {
                             origin: None,
-                            frame: protocol::encode_update(&update),
+                            update,
                         });
                     }
                     self.http_done.push(reply);
@@ -556,9 +556,9 @@ impl Room {
             let store = self.ctx.store.clone();
             let name = self.name.clone();
             let bytes = update.len() as u64;
-            let frame = protocol::encode_update(&update);
+            let stored = update.clone();
             let res =
-                tokio::task::spawn_blocking(move || store.append(&name, &[update.as_slice()]))
+                tokio::task::spawn_blocking(move || store.append(&name, &[stored.as_slice()]))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
             match res {
@@ -569,7 +569,7 @@ impl Room {
                     appended = true;
                     self.post.push(Post::Broadcast {
                         origin: None,
-                        frame,
+                        update,
                     });
                     self.http_done.push(done);
                 }
@@ -609,9 +609,9 @@ impl Room {
     }
 
     fn deliver(&mut self) {
-        let posts = std::mem::take(&mut self.post);
+        let mut posts = std::mem::take(&mut self.post).into_iter().peekable();
         let mut deliveries = 0u64;
-        for post in posts {
+        while let Some(post) = posts.next() {
             match post {
                 Post::Step2 { conn, sv } => {
                     if let Some(peer) = self.peers.get(&conn) {
@@ -626,13 +626,34 @@ impl Room {
                             ))));
                     }
                 }
-                Post::Broadcast { origin, frame } => {
-                    self.conflicts_dirty = true;
-                    for (id, peer) in &self.peers {
-                        if Some(*id) != origin && peer.link.send(frame.clone()) {
-                            deliveries += 1;
+                Post::Broadcast { origin, update } => {
+                    // A burst from one origin (an offline phone replaying its edits, a batch of
+                    // keystrokes) goes out as one merged update: one frame per subscriber
+                    // instead of one per update, which keeps queues short.
+                    let mut run = vec![update];
+                    while let Some(Post::Broadcast { origin: next, .. }) = posts.peek() {
+                        if *next != origin {
+                            break;
+                        }
+                        if let Some(Post::Broadcast { update, .. }) = posts.next() {
+                            run.push(update);
                         }
                     }
+                    let update = if run.len() == 1 {
+                        run.pop().unwrap_or_default()
+                    } else {
+                        match yrs::merge_updates_v1(&run) {
+                            Ok(merged) => merged,
+                            Err(e) => {
+                                warn!(error = %e, "merging a burst failed; relaying one by one");
+                                for u in &run {
+                                    deliveries += self.broadcast_update(origin, u);
+                                }
+                                continue;
+                            }
+                        }
+                    };
+                    deliveries += self.broadcast_update(origin, &update);
                 }
                 Post::GetUpdate { sv, reply } => {
                     let update = self
@@ -647,6 +668,19 @@ impl Room {
         if deliveries > 0 {
             metrics::counter!("wedsync_update_deliveries_total").increment(deliveries);
         }
+    }
+
+    /// Encodes an update once and queues the same bytes to every subscriber but its origin.
+    fn broadcast_update(&mut self, origin: Option<ConnId>, update: &[u8]) -> u64 {
+        self.conflicts_dirty = true;
+        let frame = protocol::encode_update(update);
+        let mut delivered = 0;
+        for (id, peer) in &self.peers {
+            if Some(*id) != origin && peer.link.send(frame.clone()) {
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     fn send_acks(&mut self) {

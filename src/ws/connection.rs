@@ -51,7 +51,7 @@ async fn run_inner(
     metrics::counter!("wedsync_connections_total").increment(1);
     metrics::gauge!("wedsync_connections").increment(1.0);
     let limits = &app.config.limits;
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Bytes>(limits.outgoing_queue);
     let closer = Closer::new();
     let missed_pongs = Arc::new(AtomicU32::new(0));
@@ -93,7 +93,7 @@ async fn run_inner(
                 can_edit,
                 deadline,
             };
-            read_loop(&app, stream, &room, session).await;
+            read_loop(&app, &mut stream, &room, session).await;
             room.leave(conn).await;
         }
         Err(e) => {
@@ -106,6 +106,18 @@ async fn run_inner(
     closer.close(1000, "");
     drop(tx);
     let _ = writer.await;
+    // After a server-initiated close frame, read (and discard) until the client's close
+    // frame, as RFC 6455 asks, so pongs and late frames in flight do not meet a reset socket.
+    if closer.frame().is_some_and(|(code, _)| code != 1000) {
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     if let Some((code, reason)) = closer.frame() {
         debug!(code, %reason, "closed");
         metrics::counter!("wedsync_closes_total", "code" => code.to_string()).increment(1);
@@ -139,7 +151,7 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 async fn read_loop(
     app: &AppState,
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     room: &RoomHandle,
     session: Session<'_>,
 ) {

@@ -40,6 +40,7 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, mut config: Config) -> TestServer {
+        init_logs();
         config.data_dir = dir.path().to_owned();
         let server = Server::start(config).await.expect("server starts");
         let addr = server.local_addr();
@@ -71,6 +72,16 @@ impl TestServer {
     }
 }
 
+/// Server logs in test output when `RUST_LOG` is set (e.g. `RUST_LOG=wedsync=debug`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// What a client saw arrive.
 #[derive(Debug)]
 pub enum Received {
@@ -96,15 +107,41 @@ pub async fn connect_raw(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>
     ws
 }
 
+/// Connects with a tiny kernel receive buffer, so a client that stops reading fills the
+/// server's queue after little data (the slow-consumer tests).
+pub async fn connect_raw_small_buffer(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let addr: SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("ws://IP:PORT/... url");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("tcp connects");
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("websocket handshake");
+    ws
+}
+
 impl Client {
     /// Connects and completes the handshake (server step 1 answered, own step 1 answered).
     pub async fn connect(url: &str) -> Client {
         Client::connect_with_doc(url, Doc::new()).await
     }
 
+    /// Connects with a tiny kernel receive buffer (see [`connect_raw_small_buffer`]).
+    pub async fn connect_small_buffer(url: &str) -> Client {
+        Client::handshake(connect_raw_small_buffer(url).await, Doc::new()).await
+    }
+
     /// Connects with an existing document (an offline client coming back).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Client {
-        let ws = connect_raw(url).await;
+        Client::handshake(connect_raw(url).await, doc).await
+    }
+
+    async fn handshake(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, doc: Doc) -> Client {
         let mut c = Client {
             ws,
             doc,
@@ -155,10 +192,13 @@ impl Client {
         update
     }
 
-    /// Receives one frame (applying document messages) or `None` on timeout.
+    /// Receives one frame (applying document messages) or `None` on timeout. Control frames
+    /// (pings) do not extend the timeout.
     pub async fn recv(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = match tokio::time::timeout(timeout, self.ws.next()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match tokio::time::timeout(left, self.ws.next()).await {
                 Err(_) => return None,
                 Ok(None) => {
                     self.closed.get_or_insert(None);
