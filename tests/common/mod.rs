@@ -102,9 +102,19 @@ impl Client {
         Client::connect_with_doc(url, Doc::new()).await
     }
 
+    /// Completes the handshake on an already upgraded socket (e.g. one opened with an
+    /// `Authorization` header).
+    pub async fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client::start(ws, Doc::new()).await
+    }
+
     /// Connects with an existing document (an offline client coming back).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Client {
         let ws = connect_raw(url).await;
+        Client::start(ws, doc).await
+    }
+
+    async fn start(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, doc: Doc) -> Client {
         let mut c = Client {
             ws,
             doc,
