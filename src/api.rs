@@ -5,8 +5,9 @@
 //! document validates the name the same way before anything is loaded.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -45,7 +46,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 (and docs/auth.md): tell the client which scheme to use.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -85,9 +93,13 @@ impl From<RoomError> for ApiError {
 /// Longest accepted document name.
 pub const MAX_DOC_NAME: usize = 200;
 
-/// Document names: 1-200 characters of `A-Z a-z 0-9 . _ ~ : @ -`.
+/// Document names: 1-200 characters of `A-Z a-z 0-9 . _ ~ : @ -`, except `.` and `..`:
+/// those are URL dot-segments that browsers and HTTP clients normalize away (`ws://h/..` is
+/// `ws://h/`), so no client could address such a document consistently.
 pub fn validate_doc_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
+    let ok = name != "."
+        && name != ".."
+        && !name.is_empty()
         && name.len() <= MAX_DOC_NAME
         && name
             .bytes()
@@ -95,11 +107,33 @@ pub fn validate_doc_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
-            "invalid_document_name",
-            "document names are 1-200 characters of A-Z a-z 0-9 . _ ~ : @ -",
-        ))
+        Err(invalid_doc_name())
     }
+}
+
+/// The `{doc}` (or `{id}`) path segment of a route: percent-decoded and validated with
+/// [`validate_doc_name`]. A segment that does not decode (bad percent-encoding, invalid UTF-8)
+/// is refused like any other invalid name: 400 with the JSON error body, not axum's plain-text
+/// rejection.
+pub struct DocName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for DocName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Ok(Path(name)) = Path::<String>::from_request_parts(parts, state).await else {
+            return Err(invalid_doc_name());
+        };
+        validate_doc_name(&name)?;
+        Ok(DocName(name))
+    }
+}
+
+fn invalid_doc_name() -> ApiError {
+    ApiError::bad_request(
+        "invalid_document_name",
+        "document names are 1-200 characters of A-Z a-z 0-9 . _ ~ : @ - (not . or ..)",
+    )
 }
 
 /// One query parameter, percent-decoded.
@@ -129,11 +163,10 @@ pub async fn decode_update(bytes: Vec<u8>) -> Result<(Vec<u8>, yrs::Update), Api
 /// `GET /api/docs/{doc}/update[?sv=BASE64]`: the document as one v1 update.
 pub async fn get_doc_update(
     State(app): State<AppState>,
-    Path(doc): Path<String>,
+    DocName(doc): DocName,
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    validate_doc_name(&doc)?;
     app.authorize(query.as_deref(), &headers, &doc, false)?;
     let sv = match query_param(query.as_deref(), "sv") {
         None => StateVector::default(),
@@ -160,12 +193,11 @@ pub async fn get_doc_update(
 /// update is durable and has been relayed to connected clients.
 pub async fn post_doc_update(
     State(app): State<AppState>,
-    Path(doc): Path<String>,
+    DocName(doc): DocName,
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    validate_doc_name(&doc)?;
     app.authorize(query.as_deref(), &headers, &doc, true)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("invalid_update", "empty body"));
@@ -181,10 +213,26 @@ mod tests {
 
     #[test]
     fn doc_names() {
-        for ok in ["a", "wedding-2026_06.x~y:z@w", &"a".repeat(200)] {
+        for ok in [
+            "a",
+            "...",
+            ".a",
+            "wedding-2026_06.x~y:z@w",
+            &"a".repeat(200),
+        ] {
             assert!(validate_doc_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a b", "é", "a%2Fb", &"a".repeat(201), "..\\x"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "é",
+            "a%2Fb",
+            &"a".repeat(201),
+            "..\\x",
+        ] {
             assert!(validate_doc_name(bad).is_err(), "{bad}");
         }
     }

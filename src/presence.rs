@@ -5,21 +5,20 @@
 //! awareness client ids that connection controls (a connection cannot write another
 //! connection's ids). This endpoint reports that pairing.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 
-use crate::api::{validate_doc_name, ApiError};
+use crate::api::{ApiError, DocName};
 use crate::server::AppState;
 
 /// `GET /api/weddings/{id}/presence` (view access): the people connected right now.
 pub async fn presence(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    DocName(id): DocName,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    validate_doc_name(&id)?;
     app.authorize(query.as_deref(), &headers, &id, false)?;
     let people = match app.registry.loaded(&id) {
         Some(room) => room.presence().await?,

@@ -161,10 +161,12 @@ pub fn parse_ttl(s: &str) -> Result<u64, AuthError> {
         .ok_or_else(|| AuthError::InvalidArgument(format!("--ttl {s:?} is too large")))
 }
 
-/// The document-name rule of the WebSocket route (ARCHITECTURE.md): 1-200 characters of
-/// `A-Z a-z 0-9 . _ ~ : @ -`.
+/// The document-name rule of the WebSocket route (`crate::api::validate_doc_name`): 1-200
+/// characters of `A-Z a-z 0-9 . _ ~ : @ -`, not `.` or `..`.
 fn is_valid_doc_name(s: &str) -> bool {
-    (1..=MAX_DOC_NAME_LEN).contains(&s.len())
+    s != "."
+        && s != ".."
+        && (1..=MAX_DOC_NAME_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_~:@".contains(&b))
 }

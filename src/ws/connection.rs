@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
-use crate::auth::{unix_now, Principal};
+use crate::auth::Principal;
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
 use crate::server::AppState;
@@ -137,9 +137,14 @@ struct Session<'a> {
 }
 
 /// Converts a Unix time (seconds) into a tokio instant (so paused-time tests can reach it).
+/// Measured against the system clock to the sub-second, not against whole seconds: a
+/// whole-second `now` would end sessions up to a second after the token stopped verifying.
 fn unix_to_instant(unix: u64) -> tokio::time::Instant {
-    let now = unix_now();
-    tokio::time::Instant::now() + Duration::from_secs(unix.saturating_sub(now))
+    let at = UNIX_EPOCH + Duration::from_secs(unix);
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -9,11 +9,11 @@ pub mod connection;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{query_param, validate_doc_name, ApiError};
+use crate::api::{query_param, ApiError, DocName};
 use crate::server::AppState;
 
 /// Read buffer per socket. Small: most y-protocols messages are tiny, and idle connections
@@ -25,14 +25,11 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// `GET /{doc}`: upgrade to a y-websocket session.
 pub async fn upgrade(
     State(app): State<AppState>,
-    Path(doc): Path<String>,
+    DocName(doc): DocName,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(e) = validate_doc_name(&doc) {
-        return e.into_response();
-    }
     let (info, principal) = match app.peer_info(query.as_deref(), &headers, &doc) {
         Ok(found) => found,
         Err(e) => return e.into_response(),

@@ -136,6 +136,12 @@ impl Client {
         Client::handshake(connect_raw_small_buffer(url).await, Doc::new()).await
     }
 
+    /// Completes the handshake on an already upgraded socket (e.g. one opened with an
+    /// `Authorization` header).
+    pub async fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client::handshake(ws, Doc::new()).await
+    }
+
     /// Connects with an existing document (an offline client coming back).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Client {
         Client::handshake(connect_raw(url).await, doc).await
