@@ -730,6 +730,14 @@ async fn a_corrupted_record_quarantines_only_its_document() {
     let c = Client::connect(&server.url("good-doc")).await;
     assert_eq!(c.state_vector(), good_sv);
     assert_eq!(content(&c.doc), good_body);
+    let http = reqwest::get(server.http("/api/docs/bad-doc/update"))
+        .await
+        .unwrap();
+    assert!(
+        http.status().is_server_error(),
+        "HTTP read of the quarantined document: {}",
+        http.status()
+    );
     let ready = reqwest::get(server.http("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "/readyz with a quarantined document");
     eprintln!(
