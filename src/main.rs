@@ -2,18 +2,24 @@
 //!
 //! Thin by design: it parses flags (flags > env > config file > defaults), sets up logging,
 //! and calls the library. `anyhow` lives only here, at the binary's edge.
+//!
+//! Exit status: 0 on success, 2 for a usage error (what clap reports itself, and arguments or
+//! configuration that parse but make no sense), 1 for any other failure. Errors are printed as
+//! one `error: ...` line with their causes, never with a backtrace.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use wedsync::auth::{mint_hs256, unix_now, TokenSpec};
+use wedsync::auth::{mint_hs256, unix_now, AuthError, TokenSpec};
 use wedsync::config::{
-    AuthSettings, Config, ConfigFile, Durability, Limits, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    AuthSettings, Config, ConfigError, ConfigFile, Durability, Limits, DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
 };
 use wedsync::store::{admin, SledStore, StoreError};
 use wedsync::Server;
@@ -139,20 +145,56 @@ struct DataDir {
     data_dir: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status for usage errors, the one clap uses for the errors it finds itself.
+const EXIT_USAGE: u8 = 2;
+
+/// An argument that parsed but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::Doc(cmd) => doc(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            if is_usage_error(&e) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
+}
+
+/// Whether `e` comes from the command line or configuration rather than from running.
+fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<AuthError>(),
+                Some(AuthError::InvalidArgument(_))
+            )
+    })
 }
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: log files and pipes get plain text (NO_COLOR also turns
+    // them off).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -229,7 +271,7 @@ async fn shutdown_signal() {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     if args.secret.is_empty() {
-        bail!("--secret must not be empty");
+        return Err(UsageError("--secret must not be empty".into()).into());
     }
     let spec = TokenSpec {
         sub: args.sub,

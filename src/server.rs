@@ -323,12 +323,21 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if Arc::strong_count(&state.registry) > 1 || Arc::strong_count(&state.auth) > 1 {
+        // Then the last store handles outside the shared state: the group-commit driver task
+        // keeps one until it has seen that nobody waits for another flush, which is just
+        // after it answered the final flush above.
+        let auth_held = Arc::strong_count(&state.auth) > 1;
+        let store = state.store.clone();
+        drop(state);
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if auth_held || Arc::strong_count(&store) > 1 {
             warn!(
                 "the store is still referenced after shutdown; it closes when the last task ends"
             );
         }
-        drop(state);
+        drop(store);
         info!("shutdown complete");
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! Needs Node >= 20 and `npm ci --prefix tests/js`; without them every test here fails with a
 //! message saying so. The scripts are described in `tests/js/README.md`.
 
+#[path = "process/mod.rs"]
+mod process;
 #[path = "interop/support.rs"]
 mod support;
 
@@ -89,6 +91,26 @@ async fn acknowledged_js_writes_survive_a_restart() {
     .await;
     assert_eq!(read["json"]["entries"]["e99"], "value-99");
     server.shutdown().await.unwrap();
+}
+
+/// Like `acknowledged_js_writes_survive_a_restart`, with the real binary and no goodbye: once
+/// write.mjs has its acks, the server is killed with SIGKILL (nothing flushed on the way out),
+/// restarted on the same data directory, and a fresh JS client reads every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_js_writes_survive_kill_9_of_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = process::ServerProcess::start(dir.path(), &[]);
+    let url = format!("ws://{}", server.addr);
+    let written = node("write.mjs", &url, "kill-room", &["--entries", "150"]).await;
+    assert_eq!(written["mode"], "ack");
+    assert_eq!(written["acks"].as_array().unwrap().last().unwrap(), 150);
+    server.kill9();
+
+    let server = process::ServerProcess::start(dir.path(), &[]);
+    let url = format!("ws://{}", server.addr);
+    let read = node("read.mjs", &url, "kill-room", &["--expect-entries", "150"]).await;
+    assert_eq!(read["json"]["entries"]["e149"], "value-149");
+    drop(server);
 }
 
 /// A yrs client and two WebsocketProvider clients edit one room at once and converge.

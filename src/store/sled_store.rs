@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DocStats, Store, StoreError, StoredDoc};
 
+/// How long a held lock on the data directory is retried before it counts as held by another
+/// process (see [`Inner::open`]).
+const LOCK_GRACE: Duration = Duration::from_secs(1);
 /// Version of the record format; bumped on any incompatible change to [`RecordHeader`].
 const FORMAT_VERSION: u8 = 1;
 /// The tree holding every document. Versioned so a future layout can live beside this one
@@ -321,17 +324,26 @@ impl SledStore {
 
 impl Inner {
     fn open(path: PathBuf) -> Result<Inner, StoreError> {
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|e| match e {
+        // sled 0.34 releases its file lock only when its background I/O threads drop their
+        // handles on the log, a moment after the last `Db` handle is gone. A store reopened in
+        // the same process right after a close (a server restarted in-process) can find the
+        // lock still held for that moment, so a held lock is retried for LOCK_GRACE before it
+        // counts as another process's.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
                 // sled 0.34 reports a held lock as a plain `Other` I/O error carrying this text
                 // (config.rs, `try_lock`); there is no structured way to recognise it.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(path.display().to_string())
+                Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() >= LOCK_GRACE {
+                        return Err(StoreError::Locked(path.display().to_string()));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                other => from_sled(other),
-            })?;
+                Err(other) => return Err(from_sled(other)),
+            }
+        };
         let tree = db.open_tree(TREE_NAME).map_err(from_sled)?;
         Ok(Inner {
             db,
