@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+use yrs::{Doc, GetString, Text, Transact};
 
 fn text(doc: &Doc) -> String {
     doc.get_or_insert_text("t").get_string(&doc.transact())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need, then runs them.
+# Usage: bash scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# JS interop tests drive the real npm clients (versions pinned in tests/js/package-lock.json).
+if ! command -v node >/dev/null 2>&1; then
+  echo "node (>= 20) is required for the JS interop tests" >&2
+  exit 1
+fi
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+cargo test --all-features "$@"
