@@ -159,6 +159,7 @@ pub fn app(state: AppState) -> Router {
             get(crate::presence::presence),
         )
         .route("/api/admin/revoke", post(crate::sessions::revoke))
+        .merge(crate::wedding::http::routes())
         .route("/{doc}", get(crate::ws::upgrade))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
