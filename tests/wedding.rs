@@ -158,6 +158,12 @@ async fn plan_json_equals_the_clients_view_and_sections_are_served() {
         (404, "unknown_section"),
         "{body}"
     );
+    let (status, body) = post(&srv.http("/api/weddings/w-read/conflicts"), "{}").await;
+    assert_eq!(
+        (status, err_code(&body)),
+        (405, "method_not_allowed"),
+        "{body}"
+    );
     let (status, body) = get(&srv.http("/api/weddings/never-stored")).await;
     assert_eq!((status, err_code(&body)), (404, "not_found"), "{body}");
     let (status, body) = get(&srv.http("/api/weddings/never-stored/conflicts")).await;
