@@ -159,8 +159,10 @@ pub fn app(state: AppState) -> Router {
             get(crate::presence::presence),
         )
         .route("/api/admin/revoke", post(crate::sessions::revoke))
+        .merge(crate::wedding::http::routes())
         .route("/{doc}", get(crate::ws::upgrade))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -203,6 +205,14 @@ async fn metrics() -> impl IntoResponse {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept this method",
+    )
 }
 
 /// A running server.

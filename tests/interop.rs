@@ -137,3 +137,46 @@ async fn view_only_js_client_is_denied_and_its_edits_do_not_leak() {
     assert_eq!(out["leaked"], false);
     server.shutdown().await.unwrap();
 }
+
+/// plan.mjs: a WebsocketProvider client builds a plan with an over-full table and a
+/// double-booked vendor; GET /conflicts and the server's awareness state list exactly those,
+/// fixing the plan clears both, GET /api/weddings/ROOM equals the client's toJSON(), and a
+/// message POSTed while a client is offline reaches it on reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_rest_api_matches_js_clients_conflicts_and_offline_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start(dir.path()).await;
+    let out = node("plan.mjs", &url, "plan-room", &[]).await;
+    let kinds: Vec<(&str, Vec<&str>)> = out["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let items = c["items"].as_array().unwrap();
+            (
+                c["kind"].as_str().unwrap(),
+                items.iter().map(|i| i.as_str().unwrap()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "table_over_capacity",
+                vec!["guests/g1", "guests/g2", "guests/g3", "tables/t1"]
+            ),
+            (
+                "vendor_double_booked",
+                vec!["timeline/s1", "timeline/s2", "vendors/v1"]
+            ),
+        ],
+        "{out}"
+    );
+    assert_eq!(out["awarenessConflicts"], out["conflicts"]);
+    assert_eq!(out["fixed"], true);
+    assert_eq!(out["planEqual"], true);
+    assert_eq!(out["offlineMessage"], out["message"]);
+    assert_eq!(out["message"]["text"], "DJ: load-in via the back gate");
+    server.shutdown().await.unwrap();
+}

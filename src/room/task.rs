@@ -400,6 +400,11 @@ impl Room {
                 let _ = reply.send(self.presence());
             }
             RoomCmd::Read { job } => {
+                // A failed room's document is empty (load failed) or may hold what the store
+                // lost: drop the job, so the reader gets `Closed` instead of a wrong answer.
+                if self.failed.is_some() {
+                    return;
+                }
                 // The in-memory document only ever holds stored, flushed state between
                 // commits, so a read here sees exactly what clients may see.
                 job(self.awareness.doc());

@@ -14,6 +14,7 @@
 //! docs/schema.md describes the same layout for front-end developers.
 
 pub mod conflicts;
+pub mod http;
 pub mod plan;
 pub mod schema;
 mod value;
