@@ -1,4 +1,5 @@
 //! Property tests; one module per subsystem.
 
 mod store_props;
+mod sync_props;
 mod wedding_props;

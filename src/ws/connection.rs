@@ -24,6 +24,8 @@ use crate::server::AppState;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a session closed by shutdown (1001) waits for the client's close frame.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
 /// Runs a session until either side closes it.
 pub async fn run(
@@ -108,8 +110,14 @@ async fn run_inner(
     let _ = writer.await;
     // After a server-initiated close frame, read (and discard) until the client's close
     // frame, as RFC 6455 asks, so pongs and late frames in flight do not meet a reset socket.
-    if closer.frame().is_some_and(|(code, _)| code != 1000) {
-        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, async {
+    // At shutdown the wait is short: the process is going away and must not be held up.
+    if let Some((code, _)) = closer.frame().filter(|(code, _)| *code != 1000) {
+        let linger = if code == close::GOING_AWAY {
+            SHUTDOWN_LINGER
+        } else {
+            CLOSE_SEND_TIMEOUT
+        };
+        let _ = tokio::time::timeout(linger, async {
             while let Some(Ok(msg)) = stream.next().await {
                 if matches!(msg, WsMessage::Close(_)) {
                     break;
