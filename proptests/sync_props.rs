@@ -8,7 +8,6 @@
 //! real sockets, so the room, the store and the relay are all under test.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::{Client, TestServer};

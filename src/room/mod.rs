@@ -25,6 +25,14 @@ use yrs::StateVector;
 use crate::config::{Config, Durability, Limits};
 use crate::store::{Flusher, SharedStore};
 
+/// Sleeps until `deadline`, or forever without one (an optional branch of `select!`).
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Capacity of a room's command channel. Connection readers wait when it is full, which pushes
 /// back on the sending clients through TCP instead of buffering without bound.
 const ROOM_CHANNEL: usize = 1024;

@@ -21,8 +21,8 @@ use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact};
 
 use super::{
-    ConnId, Incoming, PeerInfo, PeerLink, PresenceEntry, Registry, RoomCmd, RoomContext, RoomError,
-    WriteJob,
+    sleep_until_opt, ConnId, Incoming, PeerInfo, PeerLink, PresenceEntry, Registry, RoomCmd,
+    RoomContext, RoomError, WriteJob,
 };
 use crate::config::Durability;
 use crate::protocol::{self, close};
@@ -151,11 +151,7 @@ async fn run_inner(
             if let Some(reg) = registry.upgrade() {
                 reg.remove_if(&name, generation, || true);
             }
-            rx.close();
-            while let Ok(cmd) = rx.try_recv() {
-                room.handle(cmd);
-            }
-            room.refuse_all();
+            room.close_queue(&mut rx);
             return;
         }
         let idle_deadline = idle_since.map(|t| t + limits.room_idle_unload);
@@ -171,11 +167,7 @@ async fn run_inner(
                 if let Err(e) = ctx.flusher.flush().await {
                     error!(error = %e, "final flush failed");
                 }
-                rx.close();
-                while let Ok(cmd) = rx.try_recv() {
-                    room.handle(cmd);
-                }
-                room.refuse_all();
+                room.close_queue(&mut rx);
                 debug!("room stopped");
                 return;
             }
@@ -209,24 +201,13 @@ async fn run_inner(
                 }
                 let Some(reg) = registry.upgrade() else { return };
                 if reg.remove_if(&name, generation, || rx.is_empty()) {
-                    rx.close();
-                    while let Ok(cmd) = rx.try_recv() {
-                        room.handle(cmd);
-                    }
-                    room.refuse_all();
+                    room.close_queue(&mut rx);
                     debug!("idle room unloaded");
                     return;
                 }
                 idle_since = Some(Instant::now());
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -931,6 +912,16 @@ impl Room {
         for peer in self.peers.values() {
             peer.link.closer.close(code, reason);
         }
+    }
+
+    /// Stops accepting commands, takes what is still queued, and refuses every waiting request
+    /// (joins that raced with the stop retry on a fresh room).
+    fn close_queue(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            self.handle(cmd);
+        }
+        self.refuse_all();
     }
 
     /// Answers every waiting request with "closed" (used when the room stops).

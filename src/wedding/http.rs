@@ -303,17 +303,16 @@ async fn patch_timeline(
     headers: HeaderMap,
     body: Result<Json<TimelinePatch>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    open(&app, &id, query.as_deref(), &headers, true).await?;
-    let Json(patch) = body.map_err(json_rejection)?;
-    let json = with_room(&app, &id, |room| {
-        let (item, patch) = (item.clone(), patch.clone());
-        async move {
-            room.write(move |txn| patch_timeline_item(txn, &item, &patch))
-                .await
-        }
-    })
-    .await??;
-    Ok(Json(json))
+    apply_patch(
+        &app,
+        &id,
+        &item,
+        query.as_deref(),
+        &headers,
+        body,
+        patch_timeline_item,
+    )
+    .await
 }
 
 /// `PATCH /api/weddings/{id}/vendors/{vendor}` (edit): a [`VendorPatch`]; 200 with the vendor.
@@ -324,14 +323,37 @@ async fn patch_vendor_item(
     headers: HeaderMap,
     body: Result<Json<VendorPatch>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    open(&app, &id, query.as_deref(), &headers, true).await?;
+    apply_patch(
+        &app,
+        &id,
+        &vendor,
+        query.as_deref(),
+        &headers,
+        body,
+        patch_vendor,
+    )
+    .await
+}
+
+/// The shared body of the PATCH handlers: edit access, a valid JSON patch, then one CRDT edit
+/// in the room (stored and relayed before the response).
+async fn apply_patch<P>(
+    app: &AppState,
+    id: &str,
+    item: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Json<P>, JsonRejection>,
+    edit: fn(&mut yrs::TransactionMut<'_>, &str, &P) -> Result<Value, PlanError>,
+) -> Result<Json<Value>, ApiError>
+where
+    P: Clone + Send + 'static,
+{
+    open(app, id, query, headers, true).await?;
     let Json(patch) = body.map_err(json_rejection)?;
-    let json = with_room(&app, &id, |room| {
-        let (vendor, patch) = (vendor.clone(), patch.clone());
-        async move {
-            room.write(move |txn| patch_vendor(txn, &vendor, &patch))
-                .await
-        }
+    let json = with_room(app, id, |room| {
+        let (item, patch) = (item.to_owned(), patch.clone());
+        async move { room.write(move |txn| edit(txn, &item, &patch)).await }
     })
     .await??;
     Ok(Json(json))

@@ -19,7 +19,7 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::auth::Principal;
 use crate::protocol::{self, close, decode_client_frame};
-use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
+use crate::room::{sleep_until_opt, Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
 use crate::server::AppState;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
@@ -37,12 +37,12 @@ pub async fn run(
     principal: Principal,
 ) {
     let span = info_span!("conn", id = conn, doc = %doc, user = %info.user);
-    run_inner(app, socket, doc, conn, info, principal)
+    session(app, socket, doc, conn, info, principal)
         .instrument(span)
         .await
 }
 
-async fn run_inner(
+async fn session(
     app: AppState,
     socket: WebSocket,
     doc: String,
@@ -153,13 +153,6 @@ fn unix_to_instant(unix: u64) -> tokio::time::Instant {
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
     tokio::time::Instant::now() + left
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn read_loop(
