@@ -151,12 +151,29 @@ async fn slow_consumer_is_closed_with_1013_while_others_keep_receiving() {
         fast.closed
     );
     assert!(fast.closed.is_none());
-    // now read what the slow client was sent: it ends with close 1013
+    // now read what the slow client was sent: the connection ends. The 1013 close frame
+    // itself reaches it only if it resumes reading within the server's 2 s close timeout
+    // (its socket buffers are full until then), so the server's count is the evidence.
     let close = slow.wait_close().await;
-    assert_eq!(
-        close.map(|c| c.0),
-        Some(1013),
-        "slow consumer closed with 1013"
+    assert!(
+        matches!(close, None | Some((1013, _))),
+        "slow consumer closed with 1013 (or a dropped socket), got {close:?}"
+    );
+    let metrics = reqwest::get(srv.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let slow_closes = metrics
+        .lines()
+        .find(|l| l.starts_with("wedsync_slow_consumer_closed_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        slow_closes >= 1.0,
+        "the server closed a connection with 1013"
     );
     // reconnecting resyncs everything: nothing was lost
     let again = Client::connect(&url).await;

@@ -95,6 +95,8 @@ struct Room {
     /// The conflict list last published in the server's awareness state.
     published_conflicts: Option<String>,
     http_done: Vec<oneshot::Sender<Result<(), RoomError>>>,
+    /// Some connection with `?ack=1` has a stored count it was not told yet.
+    acks_due: bool,
     /// Set when the store failed under us: the room refuses everyone and unloads.
     failed: Option<String>,
 }
@@ -247,6 +249,7 @@ impl Room {
             conflicts_dirty: true,
             published_conflicts: None,
             http_done: Vec::new(),
+            acks_due: false,
             failed: None,
         }
     }
@@ -324,6 +327,15 @@ impl Room {
                     }
                     match msg {
                         Incoming::SyncStep1(sv) => self.post.push(Post::Step2 { conn, sv }),
+                        Incoming::Update { raw, .. } if raw.as_slice() == [0, 0] => {
+                            // The empty update (every client's step 2 when it has nothing new):
+                            // nothing to store or relay, but it counts for the ack, which still
+                            // goes out only after this batch's flush.
+                            if let Some(peer) = self.peers.get_mut(&conn) {
+                                peer.stored_updates += 1;
+                                self.acks_due |= peer.info.ack;
+                            }
+                        }
                         Incoming::Update { raw, decoded } => {
                             if peer.info.can_edit {
                                 self.batch.push(PendingUpdate {
@@ -403,6 +415,8 @@ impl Room {
     /// Stores, applies, flushes and delivers everything gathered since the last commit.
     async fn commit(&mut self) {
         if self.batch.is_empty() && self.post.is_empty() && self.writes.is_empty() {
+            // e.g. only empty step 2s: nothing to store, their acks are due at once
+            self.send_acks();
             return;
         }
         let mut appended = self.store_and_apply().await;
@@ -485,6 +499,7 @@ impl Room {
                 (Origin::Conn(c), Ok(effective)) => {
                     if let Some(peer) = self.peers.get_mut(&c) {
                         peer.stored_updates += 1;
+                        self.acks_due |= peer.info.ack;
                     }
                     if let Some(update) = effective {
                         self.post.push(Post::Broadcast {
@@ -670,14 +685,20 @@ impl Room {
     }
 
     fn send_acks(&mut self) {
+        if std::mem::take(&mut self.acks_due) {
+            self.send_due_acks();
+        }
+        for reply in self.http_done.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn send_due_acks(&mut self) {
         for peer in self.peers.values_mut() {
             if peer.info.ack && peer.stored_updates > peer.acked {
                 peer.acked = peer.stored_updates;
                 peer.link.send(protocol::encode_ack(peer.stored_updates));
             }
-        }
-        for reply in self.http_done.drain(..) {
-            let _ = reply.send(Ok(()));
         }
     }
 
