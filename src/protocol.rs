@@ -171,6 +171,11 @@ pub fn encode_permission_denied(reason: &str) -> Bytes {
 
 /// The durable-ack extension message: type 100 followed by the count of this connection's
 /// update messages stored so far.
+///
+/// ```
+/// // 300 as a lib0 varuint is 0xac 0x02
+/// assert_eq!(&wedsync::protocol::encode_ack(300)[..], &[100, 0xac, 0x02]);
+/// ```
 pub fn encode_ack(stored: u64) -> Bytes {
     let mut enc = EncoderV1::new();
     enc.write_var(MSG_ACK);
