@@ -146,7 +146,7 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 /// Decodes client bytes as a v1 update, off the async workers.
 pub async fn decode_update(bytes: Vec<u8>) -> Result<(Vec<u8>, yrs::Update), ApiError> {
     tokio::task::spawn_blocking(move || {
-        let decoded = yrs::Update::decode_v1(&bytes);
+        let decoded = crate::protocol::decode_update_checked(&bytes);
         (bytes, decoded)
     })
     .await

@@ -130,6 +130,7 @@ pub fn decode_client_frame(data: &[u8]) -> Result<Vec<Message>, FrameError> {
             t if t == MSG_AWARENESS as u64 => {
                 let buf = cur.read_buf().map_err(malformed)?;
                 let update = AwarenessUpdate::decode_v1(buf).map_err(malformed)?;
+                check_awareness(&update)?;
                 Message::Awareness(update)
             }
             t if t == MSG_AUTH as u64 => {
@@ -148,6 +149,55 @@ pub fn decode_client_frame(data: &[u8]) -> Result<Vec<Message>, FrameError> {
         out.push(msg);
     }
     Ok(out)
+}
+
+/// Largest accepted awareness state (JSON) of one client: presence is a name, a colour and a
+/// cursor, not a document.
+pub const MAX_AWARENESS_STATE_BYTES: usize = 64 * 1024;
+
+/// Awareness states are relayed to every client, and JavaScript clients `JSON.parse` them:
+/// one that is not JSON (or is huge) is refused here, not passed on.
+fn check_awareness(update: &AwarenessUpdate) -> Result<(), FrameError> {
+    for entry in update.clients.values() {
+        let json = entry.json.as_ref();
+        if json == "null" {
+            continue;
+        }
+        if json.len() > MAX_AWARENESS_STATE_BYTES {
+            return Err(FrameError::Malformed(format!(
+                "awareness state of {} bytes (at most {MAX_AWARENESS_STATE_BYTES})",
+                json.len()
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(json)
+            .map_err(|e| FrameError::Malformed(format!("awareness state is not JSON: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Decodes a client's update and proves it harmless before anyone stores it: it is applied to
+/// an empty scratch document and that document is encoded, with any panic contained. yrs 0.28
+/// has inputs that decode and apply but panic when the document is encoded later (merging
+/// pending structs); stored, such an update would make its document unreadable for good.
+pub fn decode_update_checked(raw: &[u8]) -> Result<yrs::Update, String> {
+    use yrs::{Doc, ReadTxn, Transact};
+    let check = std::panic::catch_unwind(|| -> Result<(), String> {
+        let update = yrs::Update::decode_v1(raw).map_err(|e| e.to_string())?;
+        let scratch = Doc::new();
+        scratch
+            .transact_mut()
+            .apply_update(update)
+            .map_err(|e| e.to_string())?;
+        let _ = scratch
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        Ok(())
+    });
+    match check {
+        Ok(Ok(())) => yrs::Update::decode_v1(raw).map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the update makes the CRDT library fail".into()),
+    }
 }
 
 /// Encodes one message as one frame payload.
@@ -256,6 +306,33 @@ mod tests {
         let frame = [0u8, 2, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(matches!(
             decode_client_frame(&frame),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn awareness_must_be_json_and_small() {
+        use yrs::sync::awareness::AwarenessUpdateEntry;
+        let frame = |json: &str| {
+            let mut clients = std::collections::HashMap::new();
+            clients.insert(
+                yrs::ClientID::new(1),
+                AwarenessUpdateEntry {
+                    clock: 1,
+                    json: json.into(),
+                },
+            );
+            Message::Awareness(AwarenessUpdate { clients }).encode_v1()
+        };
+        assert!(decode_client_frame(&frame(r#"{"user":{"name":"A"}}"#)).is_ok());
+        assert!(decode_client_frame(&frame("null")).is_ok());
+        assert!(matches!(
+            decode_client_frame(&frame("{not json")),
+            Err(FrameError::Malformed(_))
+        ));
+        let big = format!("\"{}\"", "x".repeat(MAX_AWARENESS_STATE_BYTES));
+        assert!(matches!(
+            decode_client_frame(&frame(&big)),
             Err(FrameError::Malformed(_))
         ));
     }

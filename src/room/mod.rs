@@ -67,14 +67,15 @@ impl Incoming {
     /// Converts framed messages; `None` for messages the room does not act on (auth).
     pub fn from_message(msg: Message) -> Option<Result<Incoming, (Vec<u8>, String)>> {
         use yrs::sync::SyncMessage;
-        use yrs::updates::decoder::Decode;
         match msg {
             Message::Sync(SyncMessage::SyncStep1(sv)) => Some(Ok(Incoming::SyncStep1(sv))),
             Message::Sync(SyncMessage::SyncStep2(raw))
-            | Message::Sync(SyncMessage::Update(raw)) => Some(match yrs::Update::decode_v1(&raw) {
-                Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
-                Err(e) => Err((raw, e.to_string())),
-            }),
+            | Message::Sync(SyncMessage::Update(raw)) => {
+                Some(match crate::protocol::decode_update_checked(&raw) {
+                    Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
+                    Err(e) => Err((raw, e)),
+                })
+            }
             Message::Awareness(u) => Some(Ok(Incoming::Awareness(u))),
             Message::AwarenessQuery => Some(Ok(Incoming::AwarenessQuery)),
             Message::Auth(_) | Message::Custom(..) => None,

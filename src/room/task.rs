@@ -32,6 +32,9 @@ use crate::store::{StoreError, StoredDoc};
 const MAX_BATCH: usize = 256;
 /// Awareness client ids one connection may control (a browser tab uses one).
 const MAX_AWARENESS_IDS_PER_CONN: usize = 32;
+/// Distinct awareness client ids a room tracks over its life (each costs a little memory
+/// until the room unloads).
+const MAX_AWARENESS_IDS_PER_ROOM: usize = 10_000;
 /// Fold the log into a new snapshot once it holds this many entries or bytes.
 const COMPACT_LOG_ENTRIES: u64 = 500;
 const COMPACT_LOG_BYTES: u64 = 4 * 1024 * 1024;
@@ -83,6 +86,8 @@ struct Room {
     peers: HashMap<ConnId, Peer>,
     /// Which connection controls which awareness client id.
     owners: HashMap<ClientID, ConnId>,
+    /// Which user (token `sub`) first used each awareness client id.
+    id_users: HashMap<ClientID, String>,
     ctx: RoomContext,
     log_entries: u64,
     log_bytes: u64,
@@ -97,6 +102,10 @@ struct Room {
     http_done: Vec<oneshot::Sender<Result<(), RoomError>>>,
     /// Some connection with `?ack=1` has a stored count it was not told yet.
     acks_due: bool,
+    /// yrs panicked on this document: finish the batch, then unload and reload from disk.
+    poisoned: Option<String>,
+    /// The document was loaded from the store (so a later failure may retry with a reload).
+    loaded: bool,
     /// Set when the store failed under us: the room refuses everyone and unloads.
     failed: Option<String>,
 }
@@ -128,6 +137,7 @@ async fn run_inner(
     match loaded {
         Ok(stored) => {
             room.restore(stored);
+            room.loaded = true;
             debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "room loaded"
@@ -153,7 +163,14 @@ async fn run_inner(
             if let Some(reg) = registry.upgrade() {
                 reg.remove_if(&name, generation, || true);
             }
-            room.close_queue(&mut rx);
+            // After a failed load, joins that raced are refused with the reason; after a
+            // failure of a loaded room they retry, which reloads the document from disk.
+            let joins = if room.loaded {
+                RoomError::Closed
+            } else {
+                RoomError::Unavailable(room.failed.clone().unwrap_or_default())
+            };
+            room.close_queue(&mut rx, joins);
             return;
         }
         let idle_deadline = idle_since.map(|t| t + limits.room_idle_unload);
@@ -169,25 +186,9 @@ async fn run_inner(
                 if let Err(e) = ctx.flusher.flush().await {
                     error!(error = %e, "final flush failed");
                 }
-                room.close_queue(&mut rx);
+                room.close_queue(&mut rx, RoomError::Closed);
                 debug!("room stopped");
                 return;
-            }
-            cmd = rx.recv() => {
-                let Some(cmd) = cmd else { return };
-                room.handle(cmd);
-                let mut n = 1;
-                while n < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(cmd) => { room.handle(cmd); n += 1; }
-                        Err(_) => break,
-                    }
-                }
-                room.commit().await;
-                idle_since = if room.peers.is_empty() { idle_since.or(Some(Instant::now())) } else { None };
-                if room.conflicts_dirty && conflicts_at.is_none() {
-                    conflicts_at = Some(Instant::now() + CONFLICTS_DEBOUNCE);
-                }
             }
             _ = sweep.tick() => room.sweep_awareness(),
             _ = sleep_until_opt(conflicts_at) => {
@@ -203,11 +204,29 @@ async fn run_inner(
                 }
                 let Some(reg) = registry.upgrade() else { return };
                 if reg.remove_if(&name, generation, || rx.is_empty()) {
-                    room.close_queue(&mut rx);
+                    room.close_queue(&mut rx, RoomError::Closed);
                     debug!("idle room unloaded");
                     return;
                 }
                 idle_since = Some(Instant::now());
+            }
+            // Last in the biased order: timers (sweep, conflicts, unload) must not starve
+            // behind a room that always has commands queued.
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                room.handle(cmd);
+                let mut n = 1;
+                while n < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => { room.handle(cmd); n += 1; }
+                        Err(_) => break,
+                    }
+                }
+                room.commit().await;
+                idle_since = if room.peers.is_empty() { idle_since.or(Some(Instant::now())) } else { None };
+                if room.conflicts_dirty && conflicts_at.is_none() {
+                    conflicts_at = Some(Instant::now() + CONFLICTS_DEBOUNCE);
+                }
             }
         }
     }
@@ -228,6 +247,20 @@ async fn load(name: &str, ctx: &crate::room::RoomContext) -> Result<StoredDoc, S
     }
 }
 
+/// Runs yrs code that client bytes can reach, containing a panic (yrs 0.28 has inputs that
+/// panic while merging pending structs). The caller decides what a panic means for the room.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        error!(what, panic = %msg, "yrs panicked; contained");
+        format!("{what} failed inside yrs: {msg}")
+    })
+}
+
 impl Room {
     fn new(name: String, ctx: RoomContext) -> Room {
         // Awareness timestamps come from tokio's clock so paused-time tests can expire them.
@@ -239,6 +272,7 @@ impl Room {
             created: origin,
             peers: HashMap::new(),
             owners: HashMap::new(),
+            id_users: HashMap::new(),
             ctx,
             log_entries: 0,
             log_bytes: 0,
@@ -250,6 +284,8 @@ impl Room {
             published_conflicts: None,
             http_done: Vec::new(),
             acks_due: false,
+            poisoned: None,
+            loaded: false,
             failed: None,
         }
     }
@@ -257,7 +293,6 @@ impl Room {
     /// Rebuilds the document from its snapshot and log.
     fn restore(&mut self, stored: StoredDoc) {
         let doc = self.awareness.doc();
-        let mut txn = doc.transact_mut();
         for (i, bytes) in stored
             .snapshot
             .iter()
@@ -266,17 +301,23 @@ impl Room {
         {
             // Every record passed its checksum in the store; an update that still fails here
             // failed the same way when it was first applied, so skipping it reproduces the
-            // state clients saw.
-            match yrs::Update::decode_v1(bytes) {
-                Ok(u) => {
-                    if let Err(e) = txn.apply_update(u) {
-                        warn!(record = i, error = %e, "stored update did not apply cleanly");
-                    }
-                }
-                Err(e) => warn!(record = i, error = %e, "stored update did not decode"),
+            // state clients saw. One that makes yrs panic is skipped, never fatal to the room.
+            let applied = guarded(
+                "restoring a stored update",
+                || match yrs::Update::decode_v1(bytes) {
+                    Ok(u) => doc
+                        .transact_mut()
+                        .apply_update(u)
+                        .map_err(|e| format!("did not apply: {e}")),
+                    Err(e) => Err(format!("did not decode: {e}")),
+                },
+            );
+            match applied {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(record = i, error = %e, "stored update skipped"),
+                Err(e) => error!(record = i, error = %e, "stored update skipped"),
             }
         }
-        drop(txn);
         self.log_entries = stored.updates.len() as u64;
         self.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
         self.last_seq = stored.last_seq;
@@ -327,15 +368,6 @@ impl Room {
                     }
                     match msg {
                         Incoming::SyncStep1(sv) => self.post.push(Post::Step2 { conn, sv }),
-                        Incoming::Update { raw, .. } if raw.as_slice() == [0, 0] => {
-                            // The empty update (every client's step 2 when it has nothing new):
-                            // nothing to store or relay, but it counts for the ack, which still
-                            // goes out only after this batch's flush.
-                            if let Some(peer) = self.peers.get_mut(&conn) {
-                                peer.stored_updates += 1;
-                                self.acks_due |= peer.info.ack;
-                            }
-                        }
                         Incoming::Update { raw, decoded } => {
                             if peer.info.can_edit {
                                 self.batch.push(PendingUpdate {
@@ -429,11 +461,20 @@ impl Room {
             return;
         }
         self.send_acks();
+        if let Some(e) = self.poisoned.take() {
+            self.failed = Some(e);
+            self.close_all(
+                close::INTERNAL,
+                "document reloading after an internal error; reconnect",
+            );
+            return;
+        }
         self.compact(false).await;
     }
 
     /// Appends the batch to the store and applies what was stored. Returns whether anything
-    /// was appended.
+    /// was appended (and so needs the flush). Empty updates (`[0, 0]`, every client's step 2
+    /// when it has nothing new) are not stored but are counted for acks in their place.
     async fn store_and_apply(&mut self) -> bool {
         if self.batch.is_empty() {
             return false;
@@ -441,17 +482,23 @@ impl Room {
         let mut batch = std::mem::take(&mut self.batch);
         let raws: Vec<Vec<u8>> = batch
             .iter_mut()
+            .filter(|p| p.raw.as_slice() != [0, 0])
             .map(|p| std::mem::take(&mut p.raw))
             .collect();
+        let stored_count = raws.len() as u64;
         let bytes: u64 = raws.iter().map(|r| r.len() as u64).sum();
-        let store = self.ctx.store.clone();
-        let name = self.name.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
-            store.append(&name, &refs)
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))));
+        let res = if raws.is_empty() {
+            Ok(self.last_seq)
+        } else {
+            let store = self.ctx.store.clone();
+            let name = self.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+                store.append(&name, &refs)
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
+        };
         let seq = match res {
             Ok(seq) => seq,
             Err(e) => {
@@ -479,13 +526,15 @@ impl Room {
             }
         };
         self.last_seq = seq;
-        self.log_entries += batch.len() as u64;
+        self.log_entries += stored_count;
         self.log_bytes += bytes;
-        metrics::counter!("wedsync_updates_stored_total").increment(batch.len() as u64);
+        metrics::counter!("wedsync_updates_stored_total").increment(stored_count);
 
+        let mut panicked = None;
         for p in batch {
-            let result = {
-                let mut txn = self.awareness.doc().transact_mut();
+            let doc = self.awareness.doc();
+            let result = guarded("applying an update", || {
+                let mut txn = doc.transact_mut();
                 match txn.apply_update(p.decoded) {
                     Ok(()) => {
                         let changed =
@@ -494,7 +543,11 @@ impl Room {
                     }
                     Err(e) => Err(e.to_string()),
                 }
-            };
+            })
+            .unwrap_or_else(|e| {
+                panicked = Some(e.clone());
+                Err(e)
+            });
             match (p.origin, result) {
                 (Origin::Conn(c), Ok(effective)) => {
                     if let Some(peer) = self.peers.get_mut(&c) {
@@ -530,7 +583,13 @@ impl Room {
                 }
             }
         }
-        true
+        if let Some(e) = panicked {
+            // The in-memory document may be inconsistent: after this batch is flushed and
+            // answered, the room unloads and the next client reloads it from the store
+            // (whose replay skips what panics).
+            self.poisoned = Some(e);
+        }
+        stored_count > 0
     }
 
     /// Runs queued server-side edits, each in its own transaction, and stores their updates.
@@ -609,18 +668,34 @@ impl Room {
         }
     }
 
+    /// The document's state minus what a peer with `sv` has. `None` (and the room marked for a
+    /// reload) if yrs panics on it.
+    fn encode_state(&mut self, sv: &StateVector) -> Option<Vec<u8>> {
+        let doc = self.awareness.doc();
+        match guarded("encoding the document", || {
+            doc.transact().encode_state_as_update_v1(sv)
+        }) {
+            Ok(update) => Some(update),
+            Err(e) => {
+                self.poisoned.get_or_insert(e);
+                None
+            }
+        }
+    }
+
     fn deliver(&mut self) {
         let mut posts = std::mem::take(&mut self.post).into_iter().peekable();
         let mut deliveries = 0u64;
         while let Some(post) = posts.next() {
             match post {
                 Post::Step2 { conn, sv } => {
+                    if !self.peers.contains_key(&conn) {
+                        continue;
+                    }
+                    let Some(update) = self.encode_state(&sv) else {
+                        continue;
+                    };
                     if let Some(peer) = self.peers.get(&conn) {
-                        let update = self
-                            .awareness
-                            .doc()
-                            .transact()
-                            .encode_state_as_update_v1(&sv);
                         peer.link
                             .send(protocol::encode(&Message::Sync(SyncMessage::SyncStep2(
                                 update,
@@ -657,12 +732,10 @@ impl Room {
                     deliveries += self.broadcast_update(origin, &update);
                 }
                 Post::GetUpdate { sv, reply } => {
-                    let update = self
-                        .awareness
-                        .doc()
-                        .transact()
-                        .encode_state_as_update_v1(&sv);
-                    let _ = reply.send(Ok(update));
+                    let _ =
+                        reply.send(self.encode_state(&sv).ok_or_else(|| {
+                            RoomError::Unavailable("the document is reloading".into())
+                        }));
                 }
             }
         }
@@ -695,7 +768,7 @@ impl Room {
 
     fn send_due_acks(&mut self) {
         for peer in self.peers.values_mut() {
-            if peer.info.ack && peer.stored_updates > peer.acked {
+            if peer.info.ack && peer.stored_updates > peer.acked && !peer.link.closer.is_closed() {
                 peer.acked = peer.stored_updates;
                 peer.link.send(protocol::encode_ack(peer.stored_updates));
             }
@@ -711,11 +784,9 @@ impl Room {
         if !force && self.log_entries < COMPACT_LOG_ENTRIES && self.log_bytes < COMPACT_LOG_BYTES {
             return;
         }
-        let snapshot = self
-            .awareness
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let Some(snapshot) = self.encode_state(&StateVector::default()) else {
+            return;
+        };
         let store = self.ctx.store.clone();
         let name = self.name.clone();
         let upto = self.last_seq;
@@ -764,27 +835,60 @@ impl Room {
             return;
         };
         for (id, entry) in update.clients {
-            let owner = self.owners.get(&id).copied();
-            if id == own || owner.is_some_and(|o| o != conn) {
-                debug!(
-                    conn,
-                    client = id.get(),
-                    "awareness for a client id this connection does not control; ignored"
-                );
+            if id == own {
                 continue;
             }
-            if entry.json.as_ref() == "null" {
-                peer.awareness_ids.remove(&id);
-                if owner == Some(conn) {
-                    self.owners.remove(&id);
-                }
-            } else if owner.is_none() {
-                if peer.awareness_ids.len() >= MAX_AWARENESS_IDS_PER_CONN {
-                    debug!(conn, "too many awareness ids for one connection; ignored");
+            let is_null = entry.json.as_ref() == "null";
+            match self.owners.get(&id).copied() {
+                Some(owner) if owner != conn => {
+                    debug!(
+                        conn,
+                        client = id.get(),
+                        "awareness for another connection's client id; ignored"
+                    );
                     continue;
                 }
-                peer.awareness_ids.insert(id);
-                self.owners.insert(id, conn);
+                Some(_) => {
+                    if is_null {
+                        peer.awareness_ids.remove(&id);
+                        self.owners.remove(&id);
+                    }
+                }
+                None => {
+                    // Only a state's owner may remove it, and an id once used by one user is
+                    // never taken over by another (a client coming back keeps its identity).
+                    if is_null {
+                        continue;
+                    }
+                    match self.id_users.get(&id) {
+                        Some(user) if *user != peer.info.user => {
+                            debug!(
+                                conn,
+                                client = id.get(),
+                                "client id used by another user; ignored"
+                            );
+                            continue;
+                        }
+                        None if self.id_users.len() >= MAX_AWARENESS_IDS_PER_ROOM => {
+                            debug!(conn, "room has too many awareness ids; ignored");
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if peer.awareness_ids.len() >= MAX_AWARENESS_IDS_PER_CONN {
+                        debug!(conn, "too many awareness ids for one connection; ignored");
+                        continue;
+                    }
+                    // Claim the id only if the state will actually apply (a newer clock).
+                    if let Some((known, _)) = self.awareness.meta(id) {
+                        if entry.clock <= known {
+                            continue;
+                        }
+                    }
+                    peer.awareness_ids.insert(id);
+                    self.owners.insert(id, conn);
+                    self.id_users.insert(id, peer.info.user.clone());
+                }
             }
             accepted.clients.insert(id, entry);
         }
@@ -937,10 +1041,16 @@ impl Room {
 
     /// Stops accepting commands, takes what is still queued, and refuses every waiting request
     /// (joins that raced with the stop retry on a fresh room).
-    fn close_queue(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) {
+    fn close_queue(&mut self, rx: &mut mpsc::Receiver<RoomCmd>, joins: RoomError) {
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
-            self.handle(cmd);
+            match cmd {
+                // a join that raced with the stop: the registry retries on a fresh room
+                RoomCmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(joins.clone()));
+                }
+                other => self.handle(other),
+            }
         }
         self.refuse_all();
     }
