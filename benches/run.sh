@@ -134,7 +134,7 @@ for s in "${SCENARIOS[@]}"; do
     s1) run_on s1 "${ALL[@]}" -- --conns 1000 --rooms 100 --writers 1 --rate 5 --duration "$DUR" --warmup 3 ;;
     s2) run_on s2 "${ALL[@]}" -- --conns 10000 --rooms 1000 --writers 1 --rate 2 --duration "$DUR" --warmup 5 --src-ips 4 ;;
     s3) run_on s3 "${ALL[@]}" -- --conns 500 --rooms 1 --writers 5 --rate 10 --duration "$DUR" --warmup 3 ;;
-    s4) run_on s4 "${ALL[@]}" -- --conns 1000 --rooms 10 --writers 5 --rate 10 --ramp --ramp-factor 1.4 --step-secs 5 --p99-bound-ms 50 --warmup 3 ;;
+    s4) run_on s4 "${ALL[@]}" -- --conns 1000 --rooms 10 --writers 5 --rate 2 --ramp --ramp-factor 1.4 --step-secs 5 --p99-bound-ms 50 --warmup 3 ;;
     s5) run_on s5 "${ALL[@]}" -- --conns "$S5_CONNS" --rooms 1000 --writers 0 --hold 5 --src-ips 8 --connect-concurrency 512 ;;
     s6)
       # Cold start: 1,000 stored documents of 100 KB, then one client per document.
@@ -145,7 +145,7 @@ for s in "${SCENARIOS[@]}"; do
       DATA_DIR=$TMP/cold start_server wedsync-strict
       until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do sleep 0.05; done
       t1=$(date +%s.%N)
-      echo "{\"scenario\":\"s6\",\"server\":\"wedsync-strict\",\"start_to_ready_secs\":$(echo "$t1 - $t0" | bc)}" >> "$RESULTS"
+      echo "{\"scenario\":\"s6\",\"server\":\"wedsync-strict\",\"start_to_ready_secs\":$(printf "%.3f" "$(echo "$t1 - $t0" | bc)")}" >> "$RESULTS"
       bench s6 wedsync-strict --conns 1000 --rooms 1000 --writers 0 --hold 1 --room-prefix cold
       stop_server
       ;;
@@ -158,7 +158,7 @@ for s in "${SCENARIOS[@]}"; do
         bench durability-s3 "$mode" --conns 500 --rooms 1 --writers 5 --rate 10 --duration "$DUR" --warmup 3
         stop_server
         start_server "$mode"
-        bench durability-ramp "$mode" --conns 1000 --rooms 10 --writers 5 --rate 10 --ramp --ramp-factor 1.4 --step-secs 5 --p99-bound-ms 50 --warmup 3
+        bench durability-ramp "$mode" --conns 1000 --rooms 10 --writers 5 --rate 2 --ramp --ramp-factor 1.4 --step-secs 5 --p99-bound-ms 50 --warmup 3
         stop_server
       done
       ;;
