@@ -85,7 +85,14 @@ async fn session(
         tx: tx.clone(),
         closer: closer.clone(),
     };
-    match app.registry.join(&doc, conn, info, link).await {
+    // A session closed before it joined (revoked during the upgrade) never joins: it must not
+    // receive the document or anyone's presence.
+    let joined = if closer.is_closed() {
+        Err(crate::room::RoomError::Closed)
+    } else {
+        app.registry.join(&doc, conn, info, link).await
+    };
+    match joined {
         Ok(room) => {
             let session = Session {
                 conn,
@@ -100,6 +107,7 @@ async fn session(
         }
         Err(e) => {
             debug!(error = %e, "join refused");
+            // (no-op when the session was already closed, e.g. revoked)
             closer.close(close::INTERNAL, e.to_string());
         }
     }
@@ -353,9 +361,13 @@ async fn write_loop(
 }
 
 /// The empty v1 update (no structs, no deletions), as a client with nothing new sends it.
+/// An update with no new structs (its first varuint, the number of clients with structs, is
+/// 0). A viewer's step 2 carries the document's delete set even when the viewer has nothing
+/// new, so "no structs" is the test, not the exact bytes `[0, 0]`; a viewer's deletions
+/// alone are ignored rather than answered with "permission denied" (neither is applied).
 fn is_empty_update(m: &yrs::sync::Message) -> bool {
     use yrs::sync::{Message, SyncMessage};
-    matches!(m, Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) if u.as_slice() == [0, 0])
+    matches!(m, Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) if u.first() == Some(&0))
 }
 
 /// A close reason must fit in a control frame (123 bytes of UTF-8).
