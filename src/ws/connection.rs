@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
 use crate::server::AppState;
+use crate::ws::rate::TokenBucket;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -170,6 +171,9 @@ async fn read_loop(
     } = session;
     let mut denied_sent = false;
     let mut refused_updates = 0u64;
+    let limits = &app.config.limits;
+    let mut update_bucket = TokenBucket::new(limits.update_rate, limits.update_burst);
+    let mut awareness_bucket = TokenBucket::new(limits.awareness_rate, limits.awareness_burst);
     loop {
         let msg = tokio::select! {
             biased;
@@ -225,6 +229,33 @@ async fn read_loop(
                 return;
             }
         };
+        // Rate limits, for the whole frame before any of it is applied.
+        let (updates, awareness) = messages.iter().fold((0u32, 0u32), |(u, a), m| match m {
+            yrs::sync::Message::Sync(
+                yrs::sync::SyncMessage::SyncStep2(_) | yrs::sync::SyncMessage::Update(_),
+            ) => (u + 1, a),
+            yrs::sync::Message::Awareness(_) | yrs::sync::Message::AwarenessQuery => (u, a + 1),
+            _ => (u, a),
+        });
+        let over = if updates > 0 && !update_bucket.take(f64::from(updates)) {
+            Some(format!(
+                "rate limit: more than {} document updates per second (burst {})",
+                limits.update_rate, limits.update_burst
+            ))
+        } else if awareness > 0 && !awareness_bucket.take(f64::from(awareness)) {
+            Some(format!(
+                "rate limit: more than {} awareness messages per second (burst {})",
+                limits.awareness_rate, limits.awareness_burst
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = over {
+            metrics::counter!("wedsync_rate_limited_total").increment(1);
+            debug!(%reason, "rate limit exceeded; closing");
+            closer.close(close::POLICY, reason);
+            return;
+        }
         let mut incoming = Vec::with_capacity(messages.len());
         for m in messages {
             let is_update = matches!(
@@ -254,7 +285,20 @@ async fn read_loop(
                 }
                 continue;
             }
-            match Incoming::from_message(m) {
+            let decoded = match m {
+                yrs::sync::Message::Sync(
+                    yrs::sync::SyncMessage::SyncStep2(raw) | yrs::sync::SyncMessage::Update(raw),
+                ) => {
+                    let decoding = decode_update(raw, limits);
+                    tokio::select! {
+                        biased;
+                        _ = closer.closed() => return,
+                        r = decoding => Some(r),
+                    }
+                }
+                other => Incoming::from_message(other),
+            };
+            match decoded {
                 None => {}
                 Some(Ok(i)) => incoming.push(i),
                 Some(Err((_, e))) => {
@@ -348,6 +392,44 @@ async fn write_loop(
         } else {
             let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
         }
+    }
+}
+
+/// Decodes a client's update. Small ones inline (cheaper than a thread hop); larger ones on
+/// the blocking pool under `decode_timeout`, so a pathological update cannot stall a runtime
+/// worker. The reader awaits each decode, so one connection runs at most one at a time, and a
+/// timeout closes the connection (the abandoned decode finishes on its pool thread).
+pub async fn decode_update(
+    raw: Vec<u8>,
+    limits: &crate::config::Limits,
+) -> Result<Incoming, (Vec<u8>, String)> {
+    use yrs::updates::decoder::Decode;
+    if raw.len() <= limits.decode_inline_max_bytes {
+        return match yrs::Update::decode_v1(&raw) {
+            Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
+            Err(e) => Err((raw, e.to_string())),
+        };
+    }
+    let started = tokio::time::Instant::now();
+    let job = tokio::task::spawn_blocking(move || {
+        let r = yrs::Update::decode_v1(&raw).map_err(|e| e.to_string());
+        (raw, r)
+    });
+    match tokio::time::timeout(limits.decode_timeout, job).await {
+        Err(_) => {
+            metrics::counter!("wedsync_decode_timeouts_total").increment(1);
+            Err((
+                Vec::new(),
+                format!("decoding took longer than {:?}", limits.decode_timeout),
+            ))
+        }
+        Ok(Err(join)) => Err((Vec::new(), format!("decoder failed: {join}"))),
+        Ok(Ok((raw, Ok(decoded)))) => {
+            metrics::histogram!("wedsync_offloaded_decode_seconds")
+                .record(started.elapsed().as_secs_f64());
+            Ok(Incoming::Update { raw, decoded })
+        }
+        Ok(Ok((raw, Err(e)))) => Err((raw, e)),
     }
 }
 
