@@ -1,4 +1,5 @@
 //! Property tests; one module per subsystem.
 
+mod fuzz_props;
 mod store_props;
 mod wedding_props;

@@ -75,6 +75,9 @@ impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> ApiError {
         match e {
             RoomError::InvalidUpdate(m) => ApiError::bad_request("invalid_update", m),
+            RoomError::QuotaExceeded(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", m)
+            }
             RoomError::NotStored(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", m)
             }
