@@ -64,12 +64,25 @@ fn seeds() -> Vec<Vec<u8>> {
 
 #[derive(Debug, Clone)]
 enum Mutation {
-    Flip { at: usize, xor: u8 },
-    Truncate { at: usize },
-    Insert { at: usize, bytes: Vec<u8> },
+    Flip {
+        at: usize,
+        xor: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
     /// Replaces a byte with a 10-byte maximal varint (huge lengths and counts).
-    HugeVarint { at: usize },
-    Delete { at: usize, len: usize },
+    HugeVarint {
+        at: usize,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -98,7 +111,10 @@ fn mutate(mut frame: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
             }
             Mutation::HugeVarint { at } => {
                 let at = at % n;
-                frame.splice(at..at + 1, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+                frame.splice(
+                    at..at + 1,
+                    [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                );
             }
             Mutation::Delete { at, len } => {
                 let at = at % n;
@@ -204,16 +220,25 @@ fn live_room(frames: Vec<Vec<u8>>) {
         // A known base state.
         let base = {
             let doc = Doc::with_client_id(5);
-            doc.get_or_insert_text("base").push(&mut doc.transact_mut(), "kept");
-            let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+            doc.get_or_insert_text("base")
+                .push(&mut doc.transact_mut(), "kept");
+            let update = doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
             update
         };
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
-        ws.send(WsMessage::Binary(Message::Sync(SyncMessage::Update(base)).encode_v1().into()))
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
             .await
-            .expect("send");
+            .expect("connects");
+        ws.send(WsMessage::Binary(
+            Message::Sync(SyncMessage::Update(base)).encode_v1().into(),
+        ))
+        .await
+        .expect("send");
         for frame in frames {
-            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connects");
             let _ = ws.send(WsMessage::Binary(frame.into())).await;
             // Then ask for the state: either the connection was closed for the frame, or it
             // answers (the frame was accepted).
@@ -238,9 +263,13 @@ fn live_room(frames: Vec<Vec<u8>>) {
             }
         }
         // The room still serves, and the base content is there.
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("still serving");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("still serving");
         let probe = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
-        ws.send(WsMessage::Binary(probe.into())).await.expect("send");
+        ws.send(WsMessage::Binary(probe.into()))
+            .await
+            .expect("send");
         let doc = Doc::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -261,7 +290,10 @@ fn live_room(frames: Vec<Vec<u8>>) {
         }
         // (A mutated update may legally delete the base text; it cannot un-store it.)
         let sv = doc.transact().state_vector();
-        assert!(sv.get(&yrs::ClientID::new(5)) >= 4, "the base update is still stored: {sv:?}");
+        assert!(
+            sv.get(&yrs::ClientID::new(5)) >= 4,
+            "the base update is still stored: {sv:?}"
+        );
         drop(ws);
         server.shutdown().await.expect("clean shutdown");
     });

@@ -33,10 +33,10 @@ use crate::config::Limits;
 
 /// Refusals being written at once; past this, sockets over the cap are closed without a reply
 /// (a flood must not turn the refusals themselves into the resource exhaustion).
-const MAX_PENDING_REFUSALS: usize = 256;
+const MAX_PENDING_REFUSALS: usize = 1024;
 /// How long a refused socket is read (and discarded) after the 503, so the client's request
 /// bytes do not turn the close into a reset that loses the reply.
-const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 /// How long shutdown lets HTTP connections finish their current request.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -276,8 +276,8 @@ async fn serve_connection(
 
 /// Writes a short HTTP 503 with a JSON error and closes, without reading the request first.
 async fn refuse(mut tcp: TcpStream, why: Refusal) {
-    let body = serde_json::json!({"error": {"code": why.code(), "message": why.message()}})
-        .to_string();
+    let body =
+        serde_json::json!({"error": {"code": why.code(), "message": why.message()}}).to_string();
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",

@@ -583,7 +583,12 @@ impl Room {
             let reason = format!(
                 "permission denied: document size quota exceeded ({size} of {max} bytes stored, update of {len} bytes refused)"
             );
-            warn!(stored = size, max, update = len, "update refused: document size quota");
+            warn!(
+                stored = size,
+                max,
+                update = len,
+                "update refused: document size quota"
+            );
             match p.origin {
                 Origin::Conn(_) => {
                     if let Some(peer) = peer {
