@@ -266,11 +266,12 @@ impl Config {
             ));
         }
         let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(l.update_rate)
-            || !positive(l.awareness_rate)
-            || !(l.update_burst.is_finite() && l.update_burst >= 1.0)
-            || !(l.awareness_burst.is_finite() && l.awareness_burst >= 1.0)
-        {
+        let burst = |x: f64| x.is_finite() && x >= 1.0;
+        let rates_ok = positive(l.update_rate)
+            && positive(l.awareness_rate)
+            && burst(l.update_burst)
+            && burst(l.awareness_burst);
+        if !rates_ok {
             return Err(ConfigError::Limit(
                 "update_rate and awareness_rate must be positive, their bursts at least 1",
             ));
