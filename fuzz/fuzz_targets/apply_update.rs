@@ -8,6 +8,10 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 fuzz_target!(|data: &[u8]| {
+    // The server's path: the declared-count pre-check, then yrs' decoder.
+    if wedsync::protocol::check_update(data).is_err() {
+        return;
+    }
     let Ok(update) = Update::decode_v1(data) else {
         return;
     };

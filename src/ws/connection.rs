@@ -404,6 +404,9 @@ pub async fn decode_update(
     limits: &crate::config::Limits,
 ) -> Result<Incoming, (Vec<u8>, String)> {
     use yrs::updates::decoder::Decode;
+    if let Err(e) = protocol::check_update(&raw) {
+        return Err((raw, e.to_string()));
+    }
     if raw.len() <= limits.decode_inline_max_bytes {
         return match yrs::Update::decode_v1(&raw) {
             Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
