@@ -75,6 +75,9 @@ impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> ApiError {
         match e {
             RoomError::InvalidUpdate(m) => ApiError::bad_request("invalid_update", m),
+            RoomError::QuotaExceeded(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", m)
+            }
             RoomError::NotStored(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", m)
             }
@@ -145,6 +148,9 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 
 /// Decodes client bytes as a v1 update, off the async workers.
 pub async fn decode_update(bytes: Vec<u8>) -> Result<(Vec<u8>, yrs::Update), ApiError> {
+    if let Err(e) = crate::protocol::check_update(&bytes) {
+        return Err(ApiError::bad_request("invalid_update", e.to_string()));
+    }
     tokio::task::spawn_blocking(move || {
         let decoded = crate::protocol::decode_update_checked(&bytes);
         (bytes, decoded)
@@ -175,6 +181,9 @@ pub async fn get_doc_update(
                 .decode(b64.trim())
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64.trim()))
                 .map_err(|_| ApiError::bad_request("invalid_state_vector", "sv is not base64"))?;
+            crate::protocol::check_declared_count(&raw, 2).map_err(|e| {
+                ApiError::bad_request("invalid_state_vector", format!("sv does not decode: {e}"))
+            })?;
             StateVector::decode_v1(&raw).map_err(|e| {
                 ApiError::bad_request("invalid_state_vector", format!("sv does not decode: {e}"))
             })?

@@ -25,7 +25,7 @@ pub enum Durability {
 }
 
 /// Per-connection and per-room limits. Every one is configurable.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest WebSocket frame and message accepted, in bytes (larger: close 1009).
@@ -46,6 +46,35 @@ pub struct Limits {
     /// Time allowed for loading a document from the store before clients are refused.
     #[serde(with = "humantime_secs")]
     pub load_timeout: Duration,
+    /// Time a client may take to send the headers of one HTTP request (slowloris), also the
+    /// longest an idle keep-alive HTTP connection stays open.
+    #[serde(with = "humantime_secs")]
+    pub header_read_timeout: Duration,
+    /// Time from TCP accept until the first request was read and, for a WebSocket, the upgrade
+    /// completed. A connection that has not got that far is closed.
+    #[serde(with = "humantime_secs")]
+    pub handshake_timeout: Duration,
+    /// Open connections (HTTP and WebSocket) the server accepts in all; over it: HTTP 503.
+    pub max_connections: usize,
+    /// Open connections from one IP address; over it: HTTP 503.
+    pub max_connections_per_ip: usize,
+    /// Document update messages (sync step 2 / update) per second per connection, sustained.
+    pub update_rate: f64,
+    /// Document update messages one connection may send in a burst above `update_rate`.
+    pub update_burst: f64,
+    /// Awareness messages per second per connection, sustained.
+    pub awareness_rate: f64,
+    /// Awareness messages one connection may send in a burst above `awareness_rate`.
+    pub awareness_burst: f64,
+    /// Largest stored size of one document in bytes (snapshot + update log); an update that
+    /// would push it over is refused.
+    pub max_doc_bytes: u64,
+    /// Updates larger than this are decoded on the blocking pool under `decode_timeout`
+    /// (smaller ones inline: cheaper than a thread hop).
+    pub decode_inline_max_bytes: usize,
+    /// Longest time one update may take to decode before the connection is closed (1007).
+    #[serde(with = "humantime_secs")]
+    pub decode_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +87,17 @@ impl Default for Limits {
             room_idle_unload: Duration::from_secs(30),
             awareness_timeout: Duration::from_secs(30),
             load_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+            max_connections_per_ip: 512,
+            update_rate: 1000.0,
+            update_burst: 2000.0,
+            awareness_rate: 100.0,
+            awareness_burst: 300.0,
+            max_doc_bytes: 50 * 1024 * 1024,
+            decode_inline_max_bytes: 4096,
+            decode_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -211,6 +251,33 @@ impl Config {
         }
         if l.awareness_timeout < Duration::from_secs(1) {
             return Err(ConfigError::Limit("awareness_timeout must be at least 1 s"));
+        }
+        if l.header_read_timeout.is_zero()
+            || l.handshake_timeout.is_zero()
+            || l.decode_timeout.is_zero()
+        {
+            return Err(ConfigError::Limit(
+                "header_read_timeout, handshake_timeout and decode_timeout must be positive",
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err(ConfigError::Limit(
+                "max_connections and max_connections_per_ip must be at least 1",
+            ));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let burst = |x: f64| x.is_finite() && x >= 1.0;
+        let rates_ok = positive(l.update_rate)
+            && positive(l.awareness_rate)
+            && burst(l.update_burst)
+            && burst(l.awareness_burst);
+        if !rates_ok {
+            return Err(ConfigError::Limit(
+                "update_rate and awareness_rate must be positive, their bursts at least 1",
+            ));
+        }
+        if l.max_doc_bytes < 1024 {
+            return Err(ConfigError::Limit("max_doc_bytes must be at least 1024"));
         }
         Ok(())
     }

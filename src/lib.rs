@@ -18,6 +18,8 @@
 //! - [`sessions`]: live sessions by identity, and the revocation endpoint that ends them.
 //! - [`presence`]: who is connected to a wedding, with token-verified identities.
 //! - [`metrics`]: Prometheus exposition at `/metrics`.
+//! - [`net`]: the accept loop: connection caps (global, per IP), header-read timeout,
+//!   handshake deadline.
 //!
 //! One update's path: the connection's reader frames and decodes it ([`protocol`]), the room
 //! appends it to the store, applies it, waits for the shared flush, then queues one encoded
@@ -27,6 +29,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod presence;
 pub mod protocol;
 pub mod room;

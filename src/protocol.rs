@@ -96,6 +96,29 @@ fn malformed(e: impl std::fmt::Display) -> FrameError {
     FrameError::Malformed(e.to_string())
 }
 
+/// Refuses a buffer whose leading varuint count cannot fit in the rest of it, given that each
+/// entry takes at least `min_entry_bytes`. yrs 0.28.1 reserves a `HashMap` for the declared
+/// count before reading a single entry (`Update` clients, `AwarenessUpdate` clients); the
+/// reservation is fallible, but hashbrown initialises its control bytes, so a 4-byte update
+/// declaring 75 million clients touched ~134 MB and asked for 5.5 GB (found by the
+/// `apply_update` fuzz target). One check of the count against the input length prevents it.
+pub fn check_declared_count(buf: &[u8], min_entry_bytes: usize) -> Result<(), FrameError> {
+    let mut cur = Cursor::new(buf);
+    let count: u64 = cur.read_var().map_err(malformed)?;
+    let rest = (buf.len() - cur.next) as u64;
+    if count > rest / min_entry_bytes.max(1) as u64 {
+        return Err(FrameError::Malformed(format!(
+            "declared count {count} does not fit in {rest} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The pre-check for a v1 update (each client entry: struct count, client id, clock).
+pub fn check_update(raw: &[u8]) -> Result<(), FrameError> {
+    check_declared_count(raw, 3)
+}
+
 /// Splits one binary client frame into messages. Either the whole frame is well formed and
 /// every message is returned, or an error is returned and nothing should be applied.
 ///
@@ -115,6 +138,8 @@ pub fn decode_client_frame(data: &[u8]) -> Result<Vec<Message>, FrameError> {
                 let buf = cur.read_buf().map_err(malformed)?;
                 match step {
                     s if s == SYNC_STEP1 as u64 => {
+                        // each entry: client id, clock
+                        check_declared_count(buf, 2)?;
                         let sv = StateVector::decode_v1(buf).map_err(malformed)?;
                         Message::Sync(SyncMessage::SyncStep1(sv))
                     }
@@ -129,6 +154,8 @@ pub fn decode_client_frame(data: &[u8]) -> Result<Vec<Message>, FrameError> {
             }
             t if t == MSG_AWARENESS as u64 => {
                 let buf = cur.read_buf().map_err(malformed)?;
+                // each entry: client id, clock, json string length
+                check_declared_count(buf, 3)?;
                 let update = AwarenessUpdate::decode_v1(buf).map_err(malformed)?;
                 check_awareness(&update)?;
                 Message::Awareness(update)
@@ -181,6 +208,7 @@ fn check_awareness(update: &AwarenessUpdate) -> Result<(), FrameError> {
 /// pending structs); stored, such an update would make its document unreadable for good.
 pub fn decode_update_checked(raw: &[u8]) -> Result<yrs::Update, String> {
     use yrs::{Doc, ReadTxn, Transact};
+    check_update(raw).map_err(|e| e.to_string())?;
     let check = std::panic::catch_unwind(|| -> Result<(), String> {
         let update = yrs::Update::decode_v1(raw).map_err(|e| e.to_string())?;
         let scratch = Doc::new();
@@ -335,6 +363,24 @@ mod tests {
             decode_client_frame(&frame(&big)),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn declared_counts_must_fit_the_input() {
+        // found by the apply_update fuzz target: 75 million clients in 4 bytes
+        assert!(check_update(&[0xf4, 0xc5, 0xda, 0x23]).is_err());
+        // found by the decode_client_frame fuzz target: awareness declaring 2 million clients
+        assert!(matches!(
+            decode_client_frame(&[0x01, 0x03, 0xff, 0xff, 0x78, 0x2d]),
+            Err(FrameError::Malformed(_))
+        ));
+        // found by the decode_client_frame fuzz target: a state vector declaring ~2^45 entries
+        assert!(matches!(
+            decode_client_frame(&[0, 0, 8, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x03, 0x1b]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(check_update(&update_bytes()).is_ok());
+        assert!(check_update(&[0, 0]).is_ok());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiError};
 use crate::auth::{token_from_parts, unix_now, Access, AuthConfig, Authenticator, Principal};
 use crate::config::{Config, ConfigError};
+use crate::net::ConnLimiter;
 use crate::room::{PeerInfo, Registry};
 use crate::sessions::Sessions;
 use crate::store::{Flusher, SharedStore, SledStore, StoreError};
@@ -73,6 +74,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Live sessions by identity (for revocation).
     pub sessions: Arc<Sessions>,
+    /// Open connections, globally and per IP (the caps of [`crate::net`]).
+    pub conn_limiter: Arc<ConnLimiter>,
 }
 
 impl AppState {
@@ -260,6 +263,7 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr()?;
+        let config_limits = config.limits.clone();
         let state = AppState {
             config: Arc::new(config),
             registry,
@@ -269,22 +273,20 @@ impl Server {
             next_conn: Arc::new(AtomicU64::new(1)),
             auth: Arc::new(auth),
             sessions: Arc::new(Sessions::default()),
+            conn_limiter: ConnLimiter::new(
+                config_limits.max_connections,
+                config_limits.max_connections_per_ip,
+            ),
         };
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            // Small y-protocols frames must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        });
         let router = app(state.clone());
         let stop = state.shutdown.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        });
+        let serve = tokio::spawn(crate::net::serve(
+            listener,
+            router,
+            state.config.limits.clone(),
+            state.conn_limiter.clone(),
+            stop,
+        ));
         info!(%addr, "listening");
         Ok(Server {
             addr,

@@ -49,6 +49,9 @@ pub enum RoomError {
     /// The update could not be stored (disk full, store error).
     #[error("update not stored: {0}")]
     NotStored(String),
+    /// The update would push the document over its size quota (`max_doc_bytes`).
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The update did not decode or could not be applied.
     #[error("invalid update: {0}")]
     InvalidUpdate(String),

@@ -49,6 +49,9 @@ struct Peer {
     /// Stored count last sent in an ack.
     acked: u64,
     awareness_ids: HashSet<ClientID>,
+    /// An update of this connection was refused by the document size quota: its later updates
+    /// are refused too (they may depend on the refused one, and acks must stay a prefix).
+    over_quota: bool,
 }
 
 enum Origin {
@@ -91,6 +94,8 @@ struct Room {
     ctx: RoomContext,
     log_entries: u64,
     log_bytes: u64,
+    /// Size of the stored snapshot; with `log_bytes`, the document's stored size (the quota).
+    snapshot_bytes: u64,
     last_seq: u64,
     batch: Vec<PendingUpdate>,
     writes: Vec<(WriteJob, oneshot::Sender<Result<(), RoomError>>)>,
@@ -276,6 +281,7 @@ impl Room {
             ctx,
             log_entries: 0,
             log_bytes: 0,
+            snapshot_bytes: 0,
             last_seq: 0,
             batch: Vec::new(),
             writes: Vec::new(),
@@ -320,6 +326,7 @@ impl Room {
         }
         self.log_entries = stored.updates.len() as u64;
         self.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
+        self.snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         self.last_seq = stored.last_seq;
     }
 
@@ -353,6 +360,7 @@ impl Room {
                         stored_updates: 0,
                         acked: 0,
                         awareness_ids: HashSet::new(),
+                        over_quota: false,
                     },
                 );
                 metrics::gauge!("wedsync_room_peers").increment(1.0);
@@ -479,7 +487,10 @@ impl Room {
         if self.batch.is_empty() {
             return false;
         }
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = self.enforce_quota().await;
+        if batch.is_empty() {
+            return false;
+        }
         let raws: Vec<Vec<u8>> = batch
             .iter_mut()
             .filter(|p| p.raw.as_slice() != [0, 0])
@@ -592,6 +603,62 @@ impl Room {
         stored_count > 0
     }
 
+    /// Takes the batch and removes the updates that would push the document over
+    /// `max_doc_bytes`. The rule: an update is refused when the stored size (snapshot + log,
+    /// raw bytes) plus the update's size exceeds the quota. The log overestimates the encoded
+    /// state (updates overlap, deletions shrink it), so before refusing, a room with a log
+    /// compacts once to measure exactly. A refused update is never stored or applied; its
+    /// connection is told with an auth "permission denied" message and its later updates are
+    /// refused too; an HTTP request gets `QuotaExceeded`.
+    async fn enforce_quota(&mut self) -> Vec<PendingUpdate> {
+        let max = self.ctx.limits.max_doc_bytes;
+        let mut batch = std::mem::take(&mut self.batch);
+        let incoming: u64 = batch.iter().map(|p| p.raw.len() as u64).sum();
+        if self.snapshot_bytes + self.log_bytes + incoming > max && self.log_entries > 0 {
+            self.compact(true).await;
+        }
+        let mut size = self.snapshot_bytes + self.log_bytes;
+        let mut kept = Vec::with_capacity(batch.len());
+        for p in batch.drain(..) {
+            let len = p.raw.len() as u64;
+            let peer = match &p.origin {
+                Origin::Conn(c) => self.peers.get_mut(c),
+                Origin::Http(_) => None,
+            };
+            if peer.as_ref().is_some_and(|peer| peer.over_quota) {
+                metrics::counter!("wedsync_quota_refused_updates_total").increment(1);
+                continue;
+            }
+            if size + len <= max {
+                size += len;
+                kept.push(p);
+                continue;
+            }
+            metrics::counter!("wedsync_quota_refused_updates_total").increment(1);
+            let reason = format!(
+                "permission denied: document size quota exceeded ({size} of {max} bytes stored, update of {len} bytes refused)"
+            );
+            warn!(
+                stored = size,
+                max,
+                update = len,
+                "update refused: document size quota"
+            );
+            match p.origin {
+                Origin::Conn(_) => {
+                    if let Some(peer) = peer {
+                        peer.over_quota = true;
+                        peer.link.send(protocol::encode_permission_denied(&reason));
+                    }
+                }
+                Origin::Http(reply) => {
+                    let _ = reply.send(Err(RoomError::QuotaExceeded(reason)));
+                }
+            }
+        }
+        kept
+    }
+
     /// Runs queued server-side edits, each in its own transaction, and stores their updates.
     /// An edit is applied before it is stored (it is generated here, not received), so a
     /// store failure fails the room: it unloads and reloads the stored truth.
@@ -600,6 +667,13 @@ impl Room {
         for (job, done) in std::mem::take(&mut self.writes) {
             if self.failed.is_some() {
                 let _ = done.send(Err(RoomError::Unavailable("storage failure".into())));
+                continue;
+            }
+            if self.snapshot_bytes + self.log_bytes >= self.ctx.limits.max_doc_bytes {
+                let _ = done.send(Err(RoomError::QuotaExceeded(format!(
+                    "document size quota exceeded ({} bytes)",
+                    self.ctx.limits.max_doc_bytes
+                ))));
                 continue;
             }
             let update = {
@@ -787,6 +861,7 @@ impl Room {
         let Some(snapshot) = self.encode_state(&StateVector::default()) else {
             return;
         };
+        let snapshot_bytes = snapshot.len() as u64;
         let store = self.ctx.store.clone();
         let name = self.name.clone();
         let upto = self.last_seq;
@@ -803,6 +878,7 @@ impl Room {
                 metrics::counter!("wedsync_compactions_total").increment(1);
                 self.log_entries = 0;
                 self.log_bytes = 0;
+                self.snapshot_bytes = snapshot_bytes;
             }
             // The log and old snapshot are intact; try again later.
             Err(e) => warn!(error = %e, "compaction failed"),

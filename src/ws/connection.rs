@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{sleep_until_opt, Closer, ConnId, Incoming, PeerInfo, PeerLink, RoomHandle};
 use crate::server::AppState;
+use crate::ws::rate::TokenBucket;
 
 /// How long the writer tries to deliver a close frame before dropping the socket.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,6 +180,9 @@ async fn read_loop(
     } = session;
     let mut denied_sent = false;
     let mut refused_updates = 0u64;
+    let limits = &app.config.limits;
+    let mut update_bucket = TokenBucket::new(limits.update_rate, limits.update_burst);
+    let mut awareness_bucket = TokenBucket::new(limits.awareness_rate, limits.awareness_burst);
     loop {
         let msg = tokio::select! {
             biased;
@@ -234,6 +238,33 @@ async fn read_loop(
                 return;
             }
         };
+        // Rate limits, for the whole frame before any of it is applied.
+        let (updates, awareness) = messages.iter().fold((0u32, 0u32), |(u, a), m| match m {
+            yrs::sync::Message::Sync(
+                yrs::sync::SyncMessage::SyncStep2(_) | yrs::sync::SyncMessage::Update(_),
+            ) => (u + 1, a),
+            yrs::sync::Message::Awareness(_) | yrs::sync::Message::AwarenessQuery => (u, a + 1),
+            _ => (u, a),
+        });
+        let over = if updates > 0 && !update_bucket.take(f64::from(updates)) {
+            Some(format!(
+                "rate limit: more than {} document updates per second (burst {})",
+                limits.update_rate, limits.update_burst
+            ))
+        } else if awareness > 0 && !awareness_bucket.take(f64::from(awareness)) {
+            Some(format!(
+                "rate limit: more than {} awareness messages per second (burst {})",
+                limits.awareness_rate, limits.awareness_burst
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = over {
+            metrics::counter!("wedsync_rate_limited_total").increment(1);
+            debug!(%reason, "rate limit exceeded; closing");
+            closer.close(close::POLICY, reason);
+            return;
+        }
         let mut incoming = Vec::with_capacity(messages.len());
         for m in messages {
             let is_update = matches!(
@@ -263,7 +294,20 @@ async fn read_loop(
                 }
                 continue;
             }
-            match Incoming::from_message(m) {
+            let decoded = match m {
+                yrs::sync::Message::Sync(
+                    yrs::sync::SyncMessage::SyncStep2(raw) | yrs::sync::SyncMessage::Update(raw),
+                ) => {
+                    let decoding = decode_update(raw, limits);
+                    tokio::select! {
+                        biased;
+                        _ = closer.closed() => return,
+                        r = decoding => Some(r),
+                    }
+                }
+                other => Incoming::from_message(other),
+            };
+            match decoded {
                 None => {}
                 Some(Ok(i)) => incoming.push(i),
                 Some(Err((_, e))) => {
@@ -360,7 +404,43 @@ async fn write_loop(
     }
 }
 
-/// The empty v1 update (no structs, no deletions), as a client with nothing new sends it.
+/// Decodes a client's update. Small ones inline (cheaper than a thread hop); larger ones on
+/// the blocking pool under `decode_timeout`, so a pathological update cannot stall a runtime
+/// worker. The reader awaits each decode, so one connection runs at most one at a time, and a
+/// timeout closes the connection (the abandoned decode finishes on its pool thread).
+pub async fn decode_update(
+    raw: Vec<u8>,
+    limits: &crate::config::Limits,
+) -> Result<Incoming, (Vec<u8>, String)> {
+    if raw.len() <= limits.decode_inline_max_bytes {
+        return match protocol::decode_update_checked(&raw) {
+            Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
+            Err(e) => Err((raw, e)),
+        };
+    }
+    let started = tokio::time::Instant::now();
+    let job = tokio::task::spawn_blocking(move || {
+        let r = protocol::decode_update_checked(&raw);
+        (raw, r)
+    });
+    match tokio::time::timeout(limits.decode_timeout, job).await {
+        Err(_) => {
+            metrics::counter!("wedsync_decode_timeouts_total").increment(1);
+            Err((
+                Vec::new(),
+                format!("decoding took longer than {:?}", limits.decode_timeout),
+            ))
+        }
+        Ok(Err(join)) => Err((Vec::new(), format!("decoder failed: {join}"))),
+        Ok(Ok((raw, Ok(decoded)))) => {
+            metrics::histogram!("wedsync_offloaded_decode_seconds")
+                .record(started.elapsed().as_secs_f64());
+            Ok(Incoming::Update { raw, decoded })
+        }
+        Ok(Ok((raw, Err(e)))) => Err((raw, e)),
+    }
+}
+
 /// An update with no new structs (its first varuint, the number of clients with structs, is
 /// 0). A viewer's step 2 carries the document's delete set even when the viewer has nothing
 /// new, so "no structs" is the test, not the exact bytes `[0, 0]`; a viewer's deletions

@@ -5,15 +5,19 @@
 //! message size, buffer sizes) — and then [`connection`] runs the session.
 
 pub mod connection;
+pub mod rate;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use crate::api::{query_param, ApiError, DocName};
+use crate::net::ConnSlot;
 use crate::server::AppState;
 
 /// Read buffer per socket. Small: most y-protocols messages are tiny, and idle connections
@@ -28,6 +32,7 @@ pub async fn upgrade(
     DocName(doc): DocName,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    slot: Option<Extension<Arc<ConnSlot>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let (info, principal) = match app.peer_info(query.as_deref(), &headers, &doc) {
@@ -52,6 +57,14 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(limits.max_message_bytes.saturating_mul(2))
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::run(app, socket, doc, conn, info, principal))
+            // The upgrade is complete: the handshake deadline is met. The session keeps the
+            // connection's slot, so the connection caps count open WebSockets.
+            if let Some(Extension(slot)) = &slot {
+                slot.handshake_done();
+            }
+            tracker.track_future(async move {
+                connection::run(app, socket, doc, conn, info, principal).await;
+                drop(slot);
+            })
         })
 }
