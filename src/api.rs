@@ -211,9 +211,17 @@ pub async fn post_doc_update(
     if body.is_empty() {
         return Err(ApiError::bad_request("invalid_update", "empty body"));
     }
-    let (raw, decoded) = decode_update(body.to_vec()).await?;
-    app.registry.get(&doc).apply_update(raw, decoded).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // A room that is unloading at this moment answers `Closed` without applying anything:
+    // retry on the fresh room the registry starts.
+    let mut attempts = 0;
+    loop {
+        let (raw, decoded) = decode_update(body.to_vec()).await?;
+        match app.registry.get(&doc).apply_update(raw, decoded).await {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Err(RoomError::Closed) if attempts < 4 && !app.shutdown.is_cancelled() => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
