@@ -124,6 +124,26 @@ where
     Err(last.into())
 }
 
+/// The shared body of the read handlers: view access, then one read job in the room.
+async fn read_plan<T, F>(
+    app: &AppState,
+    id: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    read: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Fn(&yrs::Doc) -> T + Clone + Send + 'static,
+{
+    open(app, id, query, headers, false).await?;
+    with_room(app, id, |room| {
+        let read = read.clone();
+        async move { room.read(read).await }
+    })
+    .await
+}
+
 /// `GET /api/weddings/{id}` (view): the whole plan, every section as a yjs client's `toJSON()`.
 async fn get_plan(
     State(app): State<AppState>,
@@ -131,12 +151,10 @@ async fn get_plan(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    open(&app, &id, query.as_deref(), &headers, false).await?;
-    let plan = with_room(&app, &id, |room| async move {
-        room.read(|doc| plan_json(&doc.transact())).await
-    })
-    .await?;
-    Ok(Json(plan))
+    let plan = read_plan(&app, &id, query.as_deref(), &headers, |doc| {
+        plan_json(&doc.transact())
+    });
+    Ok(Json(plan.await?))
 }
 
 /// `GET /api/weddings/{id}/{section}` (view): one section. `messages` is served by
@@ -151,13 +169,10 @@ async fn get_section(
     let section: Section = section.parse().map_err(|e: super::UnknownSection| {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_section", e.to_string())
     })?;
-    open(&app, &id, query.as_deref(), &headers, false).await?;
-    let json = with_room(&app, &id, |room| async move {
-        room.read(move |doc| section_json(&doc.transact(), section))
-            .await
-    })
-    .await?;
-    Ok(Json(json))
+    let json = read_plan(&app, &id, query.as_deref(), &headers, move |doc| {
+        section_json(&doc.transact(), section)
+    });
+    Ok(Json(json.await?))
 }
 
 /// `GET /api/weddings/{id}/conflicts` (view): `{"conflicts": [...]}`.
@@ -167,12 +182,10 @@ async fn get_conflicts(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    open(&app, &id, query.as_deref(), &headers, false).await?;
-    let list = with_room(&app, &id, |room| async move {
-        room.read(|doc| conflicts(&doc.transact())).await
-    })
-    .await?;
-    Ok(Json(json!({ "conflicts": list })))
+    let list = read_plan(&app, &id, query.as_deref(), &headers, |doc| {
+        conflicts(&doc.transact())
+    });
+    Ok(Json(json!({ "conflicts": list.await? })))
 }
 
 fn parse_query_number<T: std::str::FromStr>(
