@@ -75,18 +75,7 @@ async fn document_update_api_reads_diffs_and_writes() {
     assert!(live.wait_doc(|d| text(d).contains("from http;")).await);
 
     // GET: the whole document
-    let full = http
-        .get(url("httpdoc"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let doc = Doc::new();
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(&full).unwrap())
-        .unwrap();
+    let (doc, full) = fetch_doc(&http, &url("httpdoc")).await;
     assert_eq!(text(&doc), text(&live.doc));
 
     // GET ?sv=: only what a client with that state vector lacks
@@ -142,24 +131,22 @@ async fn document_update_api_reads_diffs_and_writes() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{body}");
     }
-    let after = http
-        .get(url("httpdoc"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let check = Doc::new();
-    check
-        .transact_mut()
-        .apply_update(Update::decode_v1(&after).unwrap())
-        .unwrap();
+    let (check, _) = fetch_doc(&http, &url("httpdoc")).await;
     // the HTTP edit was concurrent with the socket's (order decided by client ids): both
     // are there, nothing else
     assert_eq!(text(&check), text(&live.doc));
     assert_eq!(text(&check).len(), "from socket;from http;".len());
     srv.stop().await;
+}
+
+/// `GET` a document as one update; returns it applied to a fresh Doc, and the raw bytes.
+async fn fetch_doc(http: &reqwest::Client, url: &str) -> (Doc, Vec<u8>) {
+    let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+    let doc = Doc::new();
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).unwrap())
+        .unwrap();
+    (doc, bytes.to_vec())
 }
 
 fn urlencode(s: &str) -> String {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::auth::Principal;
 use crate::protocol::{self, close, decode_client_frame};
@@ -28,22 +28,9 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a session closed by shutdown (1001) waits for the client's close frame.
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
-/// Runs a session until either side closes it.
+/// Runs a session until either side closes it, inside a span naming the connection.
+#[tracing::instrument(name = "conn", skip_all, fields(id = conn, doc = %doc, user = %info.user))]
 pub async fn run(
-    app: AppState,
-    socket: WebSocket,
-    doc: String,
-    conn: ConnId,
-    info: PeerInfo,
-    principal: Principal,
-) {
-    let span = info_span!("conn", id = conn, doc = %doc, user = %info.user);
-    session(app, socket, doc, conn, info, principal)
-        .instrument(span)
-        .await
-}
-
-async fn session(
     app: AppState,
     socket: WebSocket,
     doc: String,
