@@ -109,6 +109,9 @@ pub(crate) enum RoomCmd {
     Frame {
         conn: ConnId,
         msgs: Vec<Incoming>,
+        /// The sender's in-flight byte budget for this frame, returned when the room has
+        /// taken the messages (see [`RoomHandle::frame`]).
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Leave {
         conn: ConnId,
@@ -164,9 +167,16 @@ impl RoomHandle {
     }
 
     /// Sends a client's messages to the room (waits while the room's queue is full).
-    pub async fn frame(&self, conn: ConnId, msgs: Vec<Incoming>) -> Result<(), RoomError> {
+    /// `budget` holds the frame's bytes against the connection's in-flight allowance, so one
+    /// client cannot park more than that much in the room's queue.
+    pub async fn frame(
+        &self,
+        conn: ConnId,
+        msgs: Vec<Incoming>,
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), RoomError> {
         self.tx
-            .send(RoomCmd::Frame { conn, msgs })
+            .send(RoomCmd::Frame { conn, msgs, budget })
             .await
             .map_err(|_| RoomError::Closed)
     }

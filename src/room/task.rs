@@ -366,7 +366,11 @@ impl Room {
                 metrics::gauge!("wedsync_room_peers").increment(1.0);
                 let _ = reply.send(Ok(()));
             }
-            RoomCmd::Frame { conn, msgs } => {
+            RoomCmd::Frame {
+                conn,
+                msgs,
+                budget: _budget,
+            } => {
                 for msg in msgs {
                     let Some(peer) = self.peers.get(&conn) else {
                         return;

@@ -168,6 +168,10 @@ async fn read_loop(
     let mut denied_sent = false;
     let mut refused_updates = 0u64;
     let limits = &app.config.limits;
+    // Bytes of this connection's frames queued in the room and not yet taken: at most two
+    // maximum-size messages, so a fast writer waits instead of filling the room's queue.
+    let budget_bytes = limits.max_message_bytes.saturating_mul(2);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
     let mut update_bucket = TokenBucket::new(limits.update_rate, limits.update_burst);
     let mut awareness_bucket = TokenBucket::new(limits.awareness_rate, limits.awareness_burst);
     loop {
@@ -307,7 +311,13 @@ async fn read_loop(
         if incoming.is_empty() {
             continue;
         }
-        if room.frame(conn, incoming).await.is_err() {
+        let cost = u32::try_from(data.len().clamp(1, budget_bytes)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            biased;
+            _ = closer.closed() => return,
+            p = in_flight.clone().acquire_many_owned(cost) => p.ok(),
+        };
+        if room.frame(conn, incoming, permit).await.is_err() {
             closer.close(close::INTERNAL, "document closed");
             return;
         }
