@@ -505,14 +505,7 @@ impl Room {
         let res = if raws.is_empty() {
             Ok(self.last_seq)
         } else {
-            let store = self.ctx.store.clone();
-            let name = self.name.clone();
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
-                store.append(&name, &refs)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
+            self.append_local(raws).await
         };
         let seq = match res {
             Ok(seq) => seq,
@@ -691,14 +684,8 @@ impl Room {
                 let _ = done.send(Ok(()));
                 continue;
             };
-            let store = self.ctx.store.clone();
-            let name = self.name.clone();
             let bytes = update.len() as u64;
-            let stored = update.clone();
-            let res =
-                tokio::task::spawn_blocking(move || store.append(&name, &[stored.as_slice()]))
-                    .await
-                    .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+            let res = self.append_local(vec![update.clone()]).await;
             match res {
                 Ok(seq) => {
                     self.last_seq = seq;
@@ -721,6 +708,19 @@ impl Room {
             }
         }
         appended
+    }
+
+    /// Appends updates to this node's store (not yet durable: see [`Room::flush`]) and returns
+    /// the sequence number of the last one.
+    async fn append_local(&self, raws: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        let store = self.ctx.store.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+            store.append(&name, &refs)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
     }
 
     /// Waits for the group-commit flush. On failure the room gives up its in-memory state
