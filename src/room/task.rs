@@ -712,15 +712,21 @@ impl Room {
 
     /// Appends updates to this node's store (not yet durable: see [`Room::flush`]) and returns
     /// the sequence number of the last one.
-    async fn append_local(&self, raws: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+    /// (A plain function returning a future: the future must not borrow the room.)
+    fn append_local(
+        &self,
+        raws: Vec<Vec<u8>>,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static {
         let store = self.ctx.store.clone();
         let name = self.name.clone();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
-            store.append(&name, &refs)
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+                store.append(&name, &refs)
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
+        }
     }
 
     /// Waits for the group-commit flush. On failure the room gives up its in-memory state
