@@ -1,0 +1,817 @@
+//! Cluster mode (issue 8) with real processes only: a private `redis-server` on a free loopback
+//! port (tests/cluster/redis.rs) and three (sometimes four) `wedsync serve --redis URL
+//! --node-id nI` child processes (tests/process/mod.rs), driven by yrs clients
+//! (tests/cluster/peer.rs) and npm `WebsocketProvider` clients (tests/js/cluster.mjs).
+//!
+//! Needs `redis-server` (7.x) on PATH (or `WEDSYNC_TEST_REDIS_SERVER`), and for the JS test
+//! `npm ci --prefix tests/js`; `scripts/test.sh` installs both. The tests run one at a time
+//! (each starts 4-5 processes) and each is bounded by a deadline; on failure the tails of every
+//! node's log and of Redis's are printed.
+//!
+//! What "nothing lost" means everywhere here: every key an `?ack=1` writer had acknowledged,
+//! every update any client received from any node, and every writer's whole document (writers
+//! reconnect and sync after a failure, as WebsocketProvider does) is on every surviving node at
+//! the end, and on a node that starts afterwards from Redis alone.
+
+#[path = "process/mod.rs"]
+mod process;
+
+#[path = "cluster/mod.rs"]
+mod cluster;
+
+#[allow(dead_code)]
+#[path = "interop/support.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cluster::peer::{self, content, keys, merge_sv, sv_covers, union_doc, Peer};
+use cluster::redis::{Persistence, RedisServer};
+use cluster::{
+    assert_has_keys, fresh_reader, observer, write_acked, writer, writer_with, Cluster,
+    WriterReport, SERIAL,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, Map, ReadTxn, StateVector, Transact, Update};
+
+const UP: &str = "wedsync_cluster_redis_up";
+const DEGRADED: &str = "wedsync_cluster_degraded_rooms";
+const OUTBOX: &str = "wedsync_cluster_outbox_bytes";
+const REJOINS: &str = "wedsync_cluster_rejoins_total";
+const REMOTE: &str = "wedsync_cluster_remote_updates_total";
+const COMPACTIONS: &str = "wedsync_cluster_compactions_total";
+
+fn updates_key(doc: &str) -> String {
+    format!("wedsync:{{{doc}}}:updates")
+}
+fn snapshot_key(doc: &str) -> String {
+    format!("wedsync:{{{doc}}}:snapshot")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Runs `body` under `limit`; a timeout is a failure (the cluster's logs are printed by its
+/// drop).
+async fn within<T>(limit: Duration, what: &str, body: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, body)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
+}
+
+async fn join_all<T>(tasks: Vec<JoinHandle<T>>, what: &str) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(
+            within(Duration::from_secs(60), what, t)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: task failed: {e}")),
+        );
+    }
+    out
+}
+
+/// What every node must hold at the end of a scenario.
+struct Expected {
+    keys: BTreeSet<String>,
+    acked: BTreeSet<String>,
+    sv: StateVector,
+}
+
+/// Everything writers wrote (their final documents) or had acknowledged, and everything
+/// observers received.
+fn expected(writers: &[WriterReport], observers: &[Peer]) -> Expected {
+    let mut e = Expected {
+        keys: BTreeSet::new(),
+        acked: BTreeSet::new(),
+        sv: StateVector::default(),
+    };
+    for w in writers {
+        e.keys.extend(w.peer.keys());
+        e.acked.extend(w.peer.acked.iter().cloned());
+        merge_sv(&mut e.sv, &w.peer.state_vector());
+    }
+    for o in observers {
+        e.keys.extend(o.keys());
+        merge_sv(&mut e.sv, &o.state_vector());
+    }
+    e
+}
+
+fn report(writers: &[WriterReport], observers: &[Peer]) {
+    for w in writers {
+        eprintln!(
+            "  writer {:<14} wrote {:>5}  acked {:>5}  connections {}  last url {}  errors {:?}",
+            w.prefix,
+            w.written,
+            w.peer.acked.len(),
+            w.peer.connections,
+            w.peer.url,
+            w.errors.iter().rev().take(2).collect::<Vec<_>>()
+        );
+    }
+    for o in observers {
+        eprintln!(
+            "  observer {:<12} saw {:>5} keys  ended: {:?}",
+            o.name,
+            o.keys().len(),
+            o.last_end
+        );
+    }
+}
+
+/// A fresh client on node `i` must hold everything expected: every acked key, every key seen,
+/// the expected state vector; and (when `exact`) exactly the union of the writers' documents.
+async fn check_node(
+    c: &Cluster,
+    i: usize,
+    doc: &str,
+    e: &Expected,
+    exact: Option<&yrs::Doc>,
+    what: &str,
+) {
+    let id = c.nodes[i].id.clone();
+    let r = fresh_reader(
+        &format!("reader-{id}"),
+        &c.url(i, doc),
+        &e.sv,
+        &e.keys,
+        Duration::from_secs(30),
+    )
+    .await;
+    let got = r.keys();
+    assert_has_keys(&format!("{what}: node {id}, acknowledged keys"), &got, &e.acked);
+    assert_has_keys(&format!("{what}: node {id}, keys written or seen"), &got, &e.keys);
+    assert!(
+        sv_covers(&r.state_vector(), &e.sv),
+        "{what}: node {id}: state vector {:?} is behind what clients had {:?}",
+        r.state_vector(),
+        e.sv
+    );
+    if let Some(u) = exact {
+        assert_eq!(
+            r.state_vector(),
+            u.transact().state_vector(),
+            "{what}: node {id}: state vector differs from the union of all writers"
+        );
+        assert!(
+            content(&r.doc) == content(u),
+            "{what}: node {id}: content differs from the union of all writers"
+        );
+    }
+    eprintln!("  {what}: node {id} holds {} keys, all expected", got.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. JS clients on three nodes
+// ---------------------------------------------------------------------------------------------
+
+/// Three npm `WebsocketProvider` clients, one per node, edit one wedding concurrently and
+/// converge; each sees the others' awareness; the presence API of every node lists all three
+/// with their nodes; a leaving client disappears everywhere (cluster.mjs checks all of it, this
+/// test checks its report and the room's keys in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_clients_on_three_nodes_converge_and_see_each_other() {
+    let _serial = SERIAL.lock().await;
+    support::js_dir();
+    let c = Cluster::start(RedisServer::start(Persistence::AofAlways), 3, 3, "");
+    let room = "wedding-cluster-js";
+    within(Duration::from_secs(90), "js scenario", async {
+        let (b0, b1, b2) = (c.base(0), c.base(1), c.base(2));
+        let out = support::node(
+            "cluster.mjs",
+            &b0,
+            room,
+            &["--also", &b1, "--also", &b2, "--timeout-ms", "45000"],
+        )
+        .await;
+        eprintln!("cluster.mjs: {out}");
+        for b in [&b0, &b1, &b2] {
+            let p = &out["presence"][b.as_str()];
+            let conn = p["connected"].as_array().expect("presence.connected");
+            assert_eq!(conn.len(), 3, "presence on {b}: {p}");
+            let nodes: BTreeSet<&str> = conn.iter().filter_map(|e| e["node"].as_str()).collect();
+            assert_eq!(
+                nodes,
+                BTreeSet::from(["n1", "n2", "n3"]),
+                "presence on {b} names the node of each connection: {p}"
+            );
+            let after = &out["presenceAfterLeave"][b.as_str()]["connected"];
+            assert_eq!(after.as_array().map(Vec::len), Some(2), "after C left, on {b}: {after}");
+        }
+        // Every node serves the converged document to a fresh yrs client too.
+        let text = out["json"]["text"].as_str().expect("text").to_string();
+        let map_keys: BTreeSet<String> = out["json"]["map"]
+            .as_object()
+            .expect("map")
+            .keys()
+            .cloned()
+            .collect();
+        for i in 0..3 {
+            let mut r = Peer::connect("reader", &c.url(i, room), false).await;
+            let ok = r
+                .wait_until(Duration::from_secs(10), |p| {
+                    let m = p.doc.get_or_insert_map("map");
+                    let t = p.doc.get_or_insert_text("text");
+                    let txn = p.doc.transact();
+                    m.keys(&txn).map(str::to_owned).collect::<BTreeSet<_>>() == map_keys
+                        && t.get_string(&txn) == text
+                })
+                .await;
+            assert!(ok, "node n{} serves the document the JS clients converged on", i + 1);
+        }
+        // The room lives in Redis under its hash tag.
+        let keys = c.redis.keys(&format!("wedsync:{{{room}}}:*"));
+        assert!(
+            keys.contains(&updates_key(room)) || keys.contains(&snapshot_key(room)),
+            "Redis holds the room's stream or snapshot: {keys:?}"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. late join after compaction; offline edits sent to another node
+// ---------------------------------------------------------------------------------------------
+
+/// 3000 acknowledged updates on n1 (compaction every 200 entries, 1 s retention), then n3
+/// starts and a client there gets exactly the writer's document; n2, which never hosted the
+/// room, serves it over HTTP. Then a client edits offline and comes back on another node than
+/// before, while a client on a third node edited online: both end with everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofEverySec),
+        2,
+        3,
+        "compact_entries = 200\nretention = 1\n",
+    );
+    let doc = "wedding-late-join";
+    within(Duration::from_secs(120), "late join scenario", async {
+        let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
+        let t0 = std::time::Instant::now();
+        write_acked(&mut w, "w", 0..3000).await;
+        eprintln!("3000 acked updates on n1 in {} ms", t0.elapsed().as_millis());
+
+        // At least one compaction happened: the counter, the snapshot key, a trimmed stream.
+        let (n, ok) = c
+            .wait_metric(0, COMPACTIONS, Duration::from_secs(20), |v| v >= 1.0)
+            .await;
+        assert!(ok, "n1 {COMPACTIONS} = {n} after 3000 updates with compact_entries = 200");
+        let snap = c.redis.hgetall(&snapshot_key(doc));
+        let field = |f: &str| snap.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+        assert!(
+            field("d").is_some_and(|d| !d.is_empty()) && field("id").is_some(),
+            "{} has fields d and id: {:?}",
+            snapshot_key(doc),
+            snap.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
+        );
+        let xlen = c.redis.xlen(&updates_key(doc));
+        assert!(xlen < 3000, "the stream was trimmed behind the snapshot: XLEN = {xlen}");
+        eprintln!("compactions on n1: {n}; XLEN after the writes: {xlen}");
+
+        // A node that starts now serves the whole document.
+        c.start_node(2);
+        let sv = w.state_vector();
+        let r3 = fresh_reader("late-n3", &c.url(2, doc), &sv, &w.keys(), Duration::from_secs(30)).await;
+        assert_eq!(r3.state_vector(), sv, "late node n3: state vector");
+        assert!(content(&r3.doc) == content(&w.doc), "late node n3: content");
+        assert_eq!(r3.keys().len(), 3000);
+
+        // n2 never hosted the room: its HTTP API loads it from Redis.
+        let body = reqwest::get(c.http(1, &format!("/api/docs/{doc}/update")))
+            .await
+            .expect("GET update from n2");
+        assert_eq!(body.status(), 200, "GET /api/docs/{doc}/update on n2");
+        let bytes = body.bytes().await.unwrap();
+        let d2 = yrs::Doc::new();
+        d2.transact_mut()
+            .apply_update(Update::decode_v1(&bytes).expect("a v1 update"))
+            .unwrap();
+        assert_eq!(d2.transact().state_vector(), sv, "n2 over HTTP: state vector");
+        assert!(content(&d2) == content(&w.doc), "n2 over HTTP: content");
+
+        // Offline edits: X synced on n1, goes offline, edits; Y edits online on n2; X comes back
+        // on n3.
+        let mut x = Peer::connect("x", &c.url(0, doc), false).await;
+        x.disconnect().await;
+        for i in 0..50u64 {
+            let _ = x
+                .edit(Some(format!("offline-x-{i}")), |r, txn| {
+                    r.map.insert(txn, format!("offline-x-{i}"), i as i64);
+                    if i % 10 == 0 {
+                        peer::push_extra(r, txn, "x", i);
+                    }
+                })
+                .await;
+        }
+        // X also changes a key the writer created, Y the same one: one of them wins everywhere.
+        let _ = x
+            .edit(None, |r, txn| {
+                r.map.insert(txn, "w-0", "x");
+            })
+            .await;
+        let mut y = Peer::connect("y", &c.url(1, doc), true).await;
+        write_acked(&mut y, "online-y", 0..50).await;
+        y.edit(None, |r, txn| {
+            r.map.insert(txn, "w-0", "y");
+        })
+        .await
+        .unwrap();
+        assert!(
+            !y.keys().contains("offline-x-0"),
+            "X's offline edits must not reach anyone before it reconnects"
+        );
+        x.try_connect(&c.url(2, doc))
+            .await
+            .unwrap_or_else(|e| panic!("X reconnects on n3: {e}"));
+        let want: BTreeSet<String> = x.keys().union(&y.keys()).cloned().collect();
+        let x_ok = x
+            .wait_until(Duration::from_secs(20), |p| want.is_subset(&p.keys()))
+            .await;
+        assert!(x_ok, "X (back on n3) receives Y's online edits");
+        let y_ok = y
+            .wait_until(Duration::from_secs(20), |p| {
+                want.is_subset(&p.keys()) && p.state_vector() == x.state_vector()
+            })
+            .await;
+        assert!(y_ok, "Y (on n2) receives X's offline edits sent to n3");
+        let x_ok = x
+            .wait_until(Duration::from_secs(20), |p| p.state_vector() == y.state_vector())
+            .await;
+        assert!(x_ok, "X and Y reach the same state vector");
+        assert!(content(&x.doc) == content(&y.doc), "X and Y have equal content");
+        let e = Expected {
+            keys: want,
+            acked: y.acked.clone(),
+            sv: y.state_vector(),
+        };
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&y.doc), "after the offline merge").await;
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. kill -9 of one node under write load
+// ---------------------------------------------------------------------------------------------
+
+/// Ack writers on each node (two on n3) and an observer per node; n3 gets SIGKILL while they
+/// write. n3's writers reconnect to n1 and keep writing. At the end every surviving node, and
+/// n3 restarted on its data directory, holds exactly the union of every writer's document:
+/// everything acked and everything any observer (also n3's) had received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_under_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        3,
+        3,
+        "compact_entries = 300\n",
+    );
+    let doc = "wedding-node-kill";
+    within(Duration::from_secs(120), "node kill scenario", async {
+        let stop = CancellationToken::new();
+        let obs: Vec<_> = (0..3)
+            .map(|i| tokio::spawn(observer(format!("obs-n{}", i + 1), c.url(i, doc), stop.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut ws = Vec::new();
+        for (i, prefix, ack) in [(0, "n1-ack", true), (1, "n2-ack", true), (2, "n3-ack", true), (2, "n3-plain", false)] {
+            let urls = vec![c.url(i, doc), c.url((i + 1) % 3, doc), c.url((i + 2) % 3, doc)];
+            ws.push(tokio::spawn(writer(
+                prefix.to_string(),
+                urls,
+                prefix.to_string(),
+                ack,
+                Duration::from_millis(2),
+                stop.clone(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        c.kill9(2);
+        eprintln!("SIGKILL n3 after 2 s of writing");
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        stop.cancel();
+        let writers = join_all(ws, "writers").await;
+        let observers = join_all(obs, "observers").await;
+        report(&writers, &observers);
+        for w in writers.iter().filter(|w| w.prefix.starts_with("n3")) {
+            assert!(
+                w.peer.connections >= 2,
+                "{}: reconnected to another node after the kill",
+                w.prefix
+            );
+            assert!(w.peer.is_connected(), "{}: connected at the end ({:?})", w.prefix, w.errors);
+        }
+        assert!(
+            observers[2].last_end.is_some(),
+            "n3's observer noticed the kill"
+        );
+        assert!(
+            !observers[2].keys().is_empty(),
+            "n3's observer received updates before the kill (else the test proves little)"
+        );
+        for w in &writers {
+            if w.peer.ack {
+                assert!(!w.peer.acked.is_empty(), "{} got acks", w.prefix);
+            }
+        }
+        let e = expected(&writers, &observers);
+        let union = union_doc(writers.iter().map(|w| &w.peer.doc));
+        assert!(
+            sv_covers(&union.transact().state_vector(), &e.sv),
+            "observers saw updates no writer has (impossible)"
+        );
+        for i in [0, 1] {
+            check_node(&c, i, doc, &e, Some(&union), "after kill -9 of n3").await;
+        }
+        let remote = c.metrics(0).await.get(REMOTE);
+        assert!(remote > 0.0, "n1 applied updates from other nodes ({REMOTE} = {remote})");
+        c.start_node(2);
+        check_node(&c, 2, doc, &e, Some(&union), "n3 restarted").await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// d. Redis failures
+// ---------------------------------------------------------------------------------------------
+
+/// Two clients on n1 that must keep talking through n1 alone (Redis down): each edit of one
+/// reaches the other within 5 s.
+async fn local_pair_still_works(c: &Cluster, a: &mut Peer, b: &mut Peer, tag: &str) {
+    for i in 0..10u64 {
+        let key = format!("{tag}-{i}");
+        a.insert(key.clone(), i as i64)
+            .await
+            .unwrap_or_else(|e| panic!("{tag}: a cannot send: {e}"));
+        let ok = b
+            .wait_until(Duration::from_secs(5), |p| p.keys().contains(&key))
+            .await;
+        assert!(
+            ok,
+            "{tag}: an edit between two clients of n1 did not flow within 5 s (b: {:?})\n{}",
+            b.last_end,
+            c.log_tails(20)
+        );
+    }
+}
+
+/// Load of the Redis tests: writers on every node (each stays on its node), an observer per
+/// node, and a pair of clients on n1.
+struct Load {
+    stop: CancellationToken,
+    observers: Vec<JoinHandle<Peer>>,
+    writers: Vec<JoinHandle<WriterReport>>,
+    a: Peer,
+    b: Peer,
+}
+
+/// Starts the load and lets it run 1.5 s.
+async fn start_load(c: &Cluster, doc: &str) -> Load {
+    let stop = CancellationToken::new();
+    let observers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(observer(format!("obs-n{}", i + 1), c.url(i, doc), stop.clone())))
+        .collect();
+    let a = Peer::connect("pair-a", &c.url(0, doc), false).await;
+    let b = Peer::connect("pair-b", &c.url(0, doc), false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let prefix = format!("n{}-ack", i + 1);
+            tokio::spawn(writer(
+                prefix.clone(),
+                vec![c.url(i, doc)],
+                prefix,
+                true,
+                Duration::from_millis(3),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Load {
+        stop,
+        observers,
+        writers,
+        a,
+        b,
+    }
+}
+
+/// Lets the load run 2 s more, stops it and returns what every node must hold (and the union
+/// of every writer's document, the pair's included).
+async fn finish_load(load: Load) -> (Expected, yrs::Doc) {
+    let Load {
+        stop,
+        observers,
+        writers,
+        mut a,
+        mut b,
+    } = load;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // After the fault the pair writes once more: it must reach every node.
+    a.insert("pair-after".into(), 1)
+        .await
+        .expect("pair-a sends after the fault");
+    stop.cancel();
+    let writers = join_all(writers, "writers").await;
+    let observers = join_all(observers, "observers").await;
+    assert!(
+        b.wait_until(Duration::from_secs(10), |p| p.keys().contains("pair-after"))
+            .await,
+        "pair-b receives pair-a's edit after the fault"
+    );
+    report(&writers, &observers);
+    for w in &writers {
+        assert!(
+            w.peer.connections == 1,
+            "{}: a Redis failure must not drop clients ({} connections; {:?})",
+            w.prefix,
+            w.peer.connections,
+            w.errors
+        );
+    }
+    let mut e = expected(&writers, &observers);
+    e.keys.extend(a.keys());
+    e.keys.extend(b.keys());
+    merge_sv(&mut e.sv, &a.state_vector());
+    let mut docs: Vec<&yrs::Doc> = writers.iter().map(|w| &w.peer.doc).collect();
+    docs.push(&a.doc);
+    let union = union_doc(docs);
+    (e, union)
+}
+
+/// Redis (AOF, `appendfsync everysec`) gets SIGKILL under load and is restarted 3 s later on
+/// its AOF. Meanwhile every node reports `redis_up 0` and a degraded room, keeps its outbox,
+/// and two clients of n1 keep editing together. Afterwards: `redis_up 1`, a rejoin, an empty
+/// outbox, and every node, plus a fourth node started from Redis alone, holds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kill_9_and_aof_restart_under_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofEverySec),
+        3,
+        4,
+        "redis_timeout = 1\nhealth_interval = 0.25\ncompact_entries = 300\n",
+    );
+    let doc = "wedding-redis-kill";
+    within(Duration::from_secs(120), "redis kill scenario", async {
+        let mut load = start_load(&c, doc).await;
+        {
+            c.redis.kill9();
+            eprintln!("SIGKILL redis");
+            for i in 0..3 {
+                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(10), |v| v == 0.0).await;
+                assert!(ok, "n{}: {UP} = {v} 10 s after Redis died", i + 1);
+                let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(10), |v| v >= 1.0).await;
+                assert!(ok, "n{}: {DEGRADED} = {v} while Redis is down", i + 1);
+            }
+            local_pair_still_works(&c, &mut load.a, &mut load.b, "down-local").await;
+            let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0).await;
+            assert!(ok, "n1: {OUTBOX} = {v}: updates wait in the outbox while Redis is down");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            c.redis.restart();
+            eprintln!("redis restarted on its AOF");
+            for i in 0..3 {
+                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0).await;
+                assert!(ok, "n{}: {UP} = {v} 20 s after Redis came back", i + 1);
+                let (v, ok) = c.wait_metric(i, REJOINS, Duration::from_secs(20), |v| v >= 1.0).await;
+                assert!(ok, "n{}: {REJOINS} = {v} after Redis came back", i + 1);
+            }
+        }
+        let (e, union) = finish_load(load).await;
+        for i in 0..3 {
+            let (v, ok) = c.wait_metric(i, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
+            assert!(ok, "n{}: {OUTBOX} = {v}: the outbox drains once Redis is back", i + 1);
+            let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(20), |v| v == 0.0).await;
+            assert!(ok, "n{}: {DEGRADED} = {v} once Redis is back", i + 1);
+        }
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&union), "after Redis kill -9 + AOF restart").await;
+        }
+        c.start_node(3);
+        check_node(&c, 3, doc, &e, Some(&union), "a new node after the Redis restart").await;
+    })
+    .await;
+}
+
+/// FLUSHALL under load: Redis stays up but loses every key (the epoch key disappears too).
+/// Every node re-joins and appends what Redis lacks: every node and a fourth node started from
+/// Redis alone hold everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushall_under_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        3,
+        4,
+        "redis_timeout = 1\nhealth_interval = 0.25\ncompact_entries = 300\n",
+    );
+    let doc = "wedding-flushall";
+    within(Duration::from_secs(120), "flushall scenario", async {
+        let mut load = start_load(&c, doc).await;
+        {
+            let before: Vec<f64> = {
+                let mut v = Vec::new();
+                for i in 0..3 {
+                    v.push(c.metrics(i).await.get(REJOINS));
+                }
+                v
+            };
+            c.redis.flushall();
+            eprintln!("FLUSHALL; rejoins before: {before:?}");
+            local_pair_still_works(&c, &mut load.a, &mut load.b, "after-flush-local").await;
+            for i in 0..3 {
+                let (v, ok) = c
+                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
+                    .await;
+                assert!(ok, "n{}: {REJOINS} = {v} (was {}) after FLUSHALL", i + 1, before[i]);
+            }
+        }
+        let (e, union) = finish_load(load).await;
+        let keys = c.redis.keys(&format!("wedsync:{{{doc}}}:*"));
+        assert!(
+            keys.contains(&updates_key(doc)) || keys.contains(&snapshot_key(doc)),
+            "the nodes wrote the room back to Redis: {keys:?}"
+        );
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&union), "after FLUSHALL").await;
+        }
+        c.start_node(3);
+        check_node(&c, 3, doc, &e, Some(&union), "a new node after FLUSHALL").await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. compaction racing with writes
+// ---------------------------------------------------------------------------------------------
+
+/// Six ack writers (two per node; map inserts and deletions, array pushes, text inserts) with
+/// compaction every 20 entries and a 1 s retention: every node ends with exactly the union of
+/// all writes, and so does every node after a cold restart of all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        3,
+        3,
+        "compact_entries = 20\nretention = 1\n",
+    );
+    let doc = "wedding-compaction-race";
+    within(Duration::from_secs(120), "compaction race", async {
+        let stop = CancellationToken::new();
+        let mut ws = Vec::new();
+        for i in 0..3 {
+            for k in 0..2 {
+                let prefix = format!("n{}-w{k}", i + 1);
+                ws.push(tokio::spawn(writer_with(
+                    prefix.clone(),
+                    vec![c.url(i, doc)],
+                    prefix,
+                    true,
+                    Duration::from_millis(2 + k),
+                    true,
+                    stop.clone(),
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stop.cancel();
+        let writers = join_all(ws, "writers").await;
+        report(&writers, &[]);
+        let compactions = c.metric_sum(COMPACTIONS).await;
+        assert!(compactions >= 3.0, "compactions ran during the writes: {COMPACTIONS} = {compactions}");
+        eprintln!("compactions (all nodes): {compactions}");
+        let e = expected(&writers, &[]);
+        let union = union_doc(writers.iter().map(|w| &w.peer.doc));
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&union), "after the race").await;
+        }
+        for i in 0..3 {
+            c.stop_node(i).await;
+        }
+        for i in 0..3 {
+            c.start_node(i);
+        }
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&union), "after a cold restart of all nodes").await;
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// f. a node frozen past the retention window
+// ---------------------------------------------------------------------------------------------
+
+/// n3 hosts the room (a writer and an observer on it) and is frozen with SIGSTOP while n1 and
+/// n2 keep writing for 5 s with compaction every 20 entries and a 1 s retention, so the stream
+/// is trimmed past the point n3 had read. After SIGCONT n3 catches up: its observer, a fresh
+/// client and the other nodes all end with exactly the union of all writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_frozen_past_retention_catches_up_after_sigcont() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        3,
+        3,
+        "compact_entries = 20\nretention = 1\n",
+    );
+    let doc = "wedding-frozen";
+    within(Duration::from_secs(120), "frozen node scenario", async {
+        let stop = CancellationToken::new();
+        let obs_stop = CancellationToken::new();
+        let obs = tokio::spawn(observer("obs-n3".into(), c.url(2, doc), obs_stop.clone()));
+        let mut ws = Vec::new();
+        for i in 0..3 {
+            let prefix = format!("n{}-ack", i + 1);
+            ws.push(tokio::spawn(writer(
+                prefix.clone(),
+                vec![c.url(i, doc)],
+                prefix,
+                true,
+                Duration::from_millis(3),
+                stop.clone(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let compactions_before = c.metrics(0).await.get(COMPACTIONS) + c.metrics(1).await.get(COMPACTIONS);
+        let frozen_at = unix_ms();
+        c.sigstop(2);
+        eprintln!("SIGSTOP n3");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let compactions_during =
+            c.metrics(0).await.get(COMPACTIONS) + c.metrics(1).await.get(COMPACTIONS) - compactions_before;
+        let first = c.redis.first_stream_id(&updates_key(doc));
+        c.sigcont(2);
+        eprintln!(
+            "SIGCONT n3 after 5 s; compactions meanwhile on n1+n2: {compactions_during}; first \
+             stream id {first:?}, frozen at {frozen_at}"
+        );
+        assert!(compactions_during >= 1.0, "n1/n2 compacted while n3 was frozen");
+        let (first_ms, _) = first.expect("the updates stream has entries");
+        assert!(
+            first_ms > frozen_at,
+            "the stream was trimmed past everything appended before the freeze (first id {first_ms} ms, frozen at {frozen_at} ms)"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.cancel();
+        let writers = join_all(ws, "writers").await;
+        report(&writers, &[]);
+        let union = union_doc(writers.iter().map(|w| &w.peer.doc));
+        let usv = union.transact().state_vector();
+        // The observer stayed connected to n3 through the freeze: n3 must bring it up to date.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        obs_stop.cancel();
+        let mut o = within(Duration::from_secs(10), "observer", obs).await.expect("observer task");
+        assert!(o.is_connected(), "n3's observer is still connected after SIGCONT ({:?})", o.last_end);
+        let ok = o
+            .wait_until(Duration::from_secs(30), |p| p.state_vector() == usv)
+            .await;
+        assert!(
+            ok,
+            "n3's observer caught up after SIGCONT: has {} keys of {}",
+            o.keys().len(),
+            keys(&union).len()
+        );
+        assert!(content(&o.doc) == content(&union), "n3's observer: content equals the union");
+        let e = expected(&writers, &[o]);
+        for i in 0..3 {
+            check_node(&c, i, doc, &e, Some(&union), "after SIGCONT").await;
+        }
+    })
+    .await;
+}
+
+/// The fixture itself: a private Redis with `appendfsync always` keeps what it accepted across
+/// SIGKILL + restart on the same port, and FLUSHALL empties it. (No wedsync involved; this
+/// fails fast when redis-server is missing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fixture_kill_restart_and_flush() {
+    let mut r = RedisServer::start(Persistence::AofAlways);
+    let port = r.port;
+    assert_eq!(
+        r.cmd(&["XADD", "wedsync:{t}:updates", "*", "n", "x", "u", "abc"]).as_str().map(|s| s.contains('-')),
+        Some(true)
+    );
+    r.kill9();
+    assert!(r.try_cmd(&["PING"]).is_err(), "killed redis does not answer");
+    r.restart();
+    assert_eq!(r.port, port);
+    assert_eq!(r.xlen("wedsync:{t}:updates"), 1, "the AOF was reloaded");
+    r.flushall();
+    assert_eq!(r.dbsize(), 0);
+}
