@@ -57,7 +57,7 @@ return {epoch, snap[1] or '', from, last, tail, aw_last, aw}
 "#;
 
 /// Moves the snapshot forward under a lease, trims the stream behind it and appends a marker
-/// whose `trim` field is the stream's highest deleted id (a reader whose position was below it
+/// whose `trim` field is the newest id the trim deleted (a reader whose position was below it
 /// when the trim ran lost entries and must re-join; see `reader`).
 ///
 /// KEYS: updates, snapshot, lease. ARGV: lease token, snapshot bytes, id the snapshot covers,
@@ -77,12 +77,13 @@ if cur and not older(cur, ARGV[3]) then return 1 end
 redis.call('HSET', KEYS[2], 'd', ARGV[2], 'id', ARGV[3])
 local keep = ARGV[4]
 if older(ARGV[3], keep) then keep = ARGV[3] end
-redis.call('XTRIM', KEYS[1], 'MINID', keep)
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
+-- the newest entry this trim deletes (XINFO's max-deleted-entry-id ignores XTRIM in 7.0)
 local deleted = '0-0'
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+if keep ~= '0-0' then
+  local gone = redis.call('XREVRANGE', KEYS[1], '(' .. keep, '-', 'COUNT', 1)
+  if #gone > 0 then deleted = gone[1][1] end
 end
+redis.call('XTRIM', KEYS[1], 'MINID', keep)
 redis.call('XADD', KEYS[1], '*', 'trim', deleted, 'n', ARGV[5])
 return 2
 "#;
