@@ -414,4 +414,40 @@ mod tests {
         assert_eq!(f.limits.unwrap().ping_interval, Duration::from_secs(10));
         assert!(toml::from_str::<ConfigFile>("lisen = \"x\"").is_err());
     }
+
+    #[test]
+    fn cluster_section_parses_and_validates() {
+        let f: ConfigFile =
+            toml::from_str("[cluster]\ncompact_entries = 50\nretention = 2.5\nnode_id = \"n1\"\n")
+                .unwrap();
+        let t = f.cluster.unwrap();
+        assert_eq!(t.compact_entries, 50);
+        assert_eq!(t.retention, Duration::from_millis(2500));
+        assert_eq!(
+            t.outbox_max_bytes,
+            ClusterTuning::default().outbox_max_bytes
+        );
+        assert!(toml::from_str::<ConfigFile>("[cluster]\nretension = 2\n").is_err());
+        let ok = ClusterSettings {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            node_id: "node-a_1.x".into(),
+            tuning: t,
+        };
+        assert!(ok.validate().is_ok());
+        for bad_id in ["", "a b", "ü", &"x".repeat(65)] {
+            let c = ClusterSettings {
+                node_id: bad_id.to_string(),
+                ..ok.clone()
+            };
+            assert!(c.validate().is_err(), "{bad_id:?}");
+        }
+        let c = ClusterSettings {
+            redis_url: "127.0.0.1:6379".into(),
+            ..ok.clone()
+        };
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.tuning.compact_entries = 0;
+        assert!(c.validate().is_err());
+    }
 }
