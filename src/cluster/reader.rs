@@ -24,6 +24,7 @@ const COUNT: usize = 512;
 
 struct Followed {
     generation: u64,
+    keys: Keys,
     tx: mpsc::WeakSender<RoomCmd>,
     updates_from: String,
     awareness_from: String,
@@ -103,19 +104,11 @@ pub(super) async fn run(
                 .arg("BLOCK")
                 .arg(BLOCK_MS)
                 .arg("STREAMS");
-            let mut ids = Vec::with_capacity(rooms.len() * 2);
-            let mut keys: HashMap<String, (String, bool)> = HashMap::with_capacity(rooms.len() * 2);
-            for (doc, r) in &rooms {
-                let k = Keys::new(doc);
-                cmd.arg(&k.updates);
-                cmd.arg(&k.awareness);
-                ids.push(r.updates_from.clone());
-                ids.push(r.awareness_from.clone());
-                keys.insert(k.updates, (doc.clone(), true));
-                keys.insert(k.awareness, (doc.clone(), false));
+            for r in rooms.values() {
+                cmd.arg(&r.keys.updates).arg(&r.keys.awareness);
             }
-            for id in &ids {
-                cmd.arg(id);
+            for r in rooms.values() {
+                cmd.arg(&r.updates_from).arg(&r.awareness_from);
             }
             let reply: Result<redis::Value, _> = tokio::select! {
                 _ = cluster.shutdown.cancelled() => return,
@@ -147,20 +140,22 @@ pub(super) async fn run(
             };
             let mut batches: HashMap<String, RemoteBatch> = HashMap::new();
             for (key, entries) in streams {
-                let Some((doc, is_updates)) = keys.get(&key) else {
+                let Some((doc, is_updates)) = doc_of(&key) else {
                     continue;
                 };
                 let Some(room) = rooms.get_mut(doc) else {
                     continue;
                 };
-                let batch = batches.entry(doc.clone()).or_insert_with(|| RemoteBatch {
-                    updates: Vec::new(),
-                    awareness: Vec::new(),
-                    cursor: None,
-                    trimmed: false,
-                    lagged: false,
-                });
-                if *is_updates {
+                let batch = batches
+                    .entry(doc.to_owned())
+                    .or_insert_with(|| RemoteBatch {
+                        updates: Vec::new(),
+                        awareness: Vec::new(),
+                        cursor: None,
+                        trimmed: false,
+                        lagged: false,
+                    });
+                if is_updates {
                     if let Some(first) = entries.first() {
                         if room.gaps.len() < MAX_GAPS {
                             room.gaps
@@ -171,7 +166,7 @@ pub(super) async fn run(
                     }
                 }
                 for e in entries {
-                    if *is_updates {
+                    if is_updates {
                         if let Some(deleted) = e.text("trim") {
                             batch.trimmed = true;
                             let lost = room.gaps_overflow
@@ -220,6 +215,15 @@ pub(super) async fn run(
     }
 }
 
+/// The document of a stream key, and whether it is the update stream (not awareness).
+fn doc_of(key: &str) -> Option<(&str, bool)> {
+    let rest = key.strip_prefix("wedsync:{")?;
+    if let Some(doc) = rest.strip_suffix("}:updates") {
+        return Some((doc, true));
+    }
+    rest.strip_suffix("}:awareness").map(|doc| (doc, false))
+}
+
 fn apply(rooms: &mut HashMap<String, Followed>, cmd: ReaderCmd) {
     match cmd {
         ReaderCmd::Follow(Follow {
@@ -230,9 +234,10 @@ fn apply(rooms: &mut HashMap<String, Followed>, cmd: ReaderCmd) {
             awareness_from,
         }) => {
             rooms.insert(
-                doc,
+                doc.clone(),
                 Followed {
                     generation,
+                    keys: Keys::new(&doc),
                     tx,
                     updates_from,
                     awareness_from,
@@ -246,5 +251,19 @@ fn apply(rooms: &mut HashMap<String, Followed>, cmd: ReaderCmd) {
                 rooms.remove(&doc);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_map_back_to_their_document() {
+        let k = Keys::new("w:1{x}");
+        assert_eq!(doc_of(&k.updates), Some(("w:1{x}", true)));
+        assert_eq!(doc_of(&k.awareness), Some(("w:1{x}", false)));
+        assert_eq!(doc_of(&k.snapshot), None);
+        assert_eq!(doc_of("other"), None);
     }
 }
