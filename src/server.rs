@@ -181,9 +181,16 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
     let store = app.store.clone();
     let probe = tokio::task::spawn_blocking(move || store.stats("__readyz_probe__")).await;
     match probe {
-        Ok(Ok(_)) if !app.shutdown.is_cancelled() => Ok(Json(
-            serde_json::json!({"status": "ready", "rooms_loaded": app.registry.len()}),
-        )),
+        Ok(Ok(_)) if !app.shutdown.is_cancelled() => {
+            let mut body =
+                serde_json::json!({"status": "ready", "rooms_loaded": app.registry.len()});
+            // Cluster mode: still ready while Redis is down (rooms serve this node's clients
+            // from the outbox), but say so.
+            if let Some(c) = app.registry.cluster() {
+                body["cluster"] = serde_json::json!({"node": c.node_id(), "redis_up": c.is_up()});
+            }
+            Ok(Json(body))
+        }
         Ok(Ok(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

@@ -371,6 +371,11 @@ impl Registry {
             .map(|e| e.handle.clone())
     }
 
+    /// Cluster mode: the node's link to Redis.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.ctx.cluster.as_ref()
+    }
+
     /// Number of rooms in memory.
     pub fn len(&self) -> usize {
         self.lock().len()
