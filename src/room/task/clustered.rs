@@ -412,8 +412,13 @@ impl Room {
         let Some(cs) = self.cluster.as_mut() else {
             return;
         };
-        if let Some(cursor) = batch.cursor {
-            cs.cursor = cursor;
+        // After a gap the document lacks entries before the cursor: a compaction covering
+        // it would drop them from the snapshot. The cursor stays until the re-join (which
+        // runs before the next commit, and so before any compaction) sets it.
+        if !batch.lagged && !self.rejoin_due {
+            if let Some(cursor) = batch.cursor {
+                cs.cursor = cursor;
+            }
         }
         let bytes: u64 = batch.updates.iter().map(|u| u.len() as u64).sum();
         cs.pending_entries += batch.updates.len() as u64;
