@@ -338,7 +338,12 @@ impl Room {
         let Some(cs) = self.cluster.as_ref() else {
             return;
         };
-        if !cs.joined || self.failed.is_some() || cs.pending_entries == 0 || cs.cursor == "0-0" {
+        if !cs.joined
+            || self.rejoin_due
+            || self.failed.is_some()
+            || cs.pending_entries == 0
+            || cs.cursor == "0-0"
+        {
             return;
         }
         let t = &cs.cluster.tuning;
