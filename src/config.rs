@@ -148,6 +148,58 @@ pub struct Config {
     pub insecure_open: bool,
     pub durability: Durability,
     pub limits: Limits,
+    /// Cluster mode (Redis); `None` runs a single node on sled alone.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Cluster mode: several nodes share rooms through Redis (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`).
+    pub redis_url: String,
+    /// This node's name, unique in the cluster (logs, presence, metrics).
+    pub node_id: String,
+    pub tuning: ClusterTuning,
+}
+
+/// Cluster knobs from the config file's `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTuning {
+    /// `redis_url` and `node_id` may also come from the file (flags and env win).
+    pub redis_url: Option<String>,
+    pub node_id: Option<String>,
+    /// Stream entries after the snapshot before a node compacts the room's stream.
+    pub compact_entries: u64,
+    /// Stream bytes after the snapshot before a compaction.
+    pub compact_bytes: u64,
+    /// Stream history kept behind a snapshot for readers that lag (seconds).
+    #[serde(with = "humantime_secs")]
+    pub retention: Duration,
+    /// Bytes of updates a node keeps in its sled outbox while Redis is unreachable; beyond it
+    /// writers are closed with 1013.
+    pub outbox_max_bytes: u64,
+    /// Deadline of one Redis command (seconds); a slower Redis counts as down.
+    #[serde(with = "humantime_secs")]
+    pub redis_timeout: Duration,
+    /// How often a node checks that Redis is up and kept its data (seconds).
+    #[serde(with = "humantime_secs")]
+    pub health_interval: Duration,
+}
+
+impl Default for ClusterTuning {
+    fn default() -> Self {
+        ClusterTuning {
+            redis_url: None,
+            node_id: None,
+            compact_entries: 500,
+            compact_bytes: 4 * 1024 * 1024,
+            retention: Duration::from_secs(60),
+            outbox_max_bytes: 64 * 1024 * 1024,
+            redis_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 /// Configuration errors, reported before the server starts.
@@ -175,6 +227,8 @@ pub enum ConfigError {
     TwoKeys,
     #[error("invalid limit: {0}")]
     Limit(&'static str),
+    #[error("invalid cluster setting: {0}")]
+    Cluster(String),
 }
 
 /// The optional contents of a TOML config file. Unknown keys are an error.
@@ -187,6 +241,7 @@ pub struct ConfigFile {
     pub durability: Option<Durability>,
     pub auth: AuthSettings,
     pub limits: Option<Limits>,
+    pub cluster: Option<ClusterTuning>,
 }
 
 impl ConfigFile {
@@ -219,6 +274,7 @@ impl Config {
             insecure_open: false,
             durability: Durability::Strict,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 
@@ -279,6 +335,49 @@ impl Config {
         if l.max_doc_bytes < 1024 {
             return Err(ConfigError::Limit("max_doc_bytes must be at least 1024"));
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterSettings {
+    /// Checks the node id (it is written into every stream entry) and the knobs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.node_id.is_empty()
+            && self.node_id.len() <= 64
+            && self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err(ConfigError::Cluster(format!(
+                "node id {:?} must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                self.node_id
+            )));
+        }
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("redis+unix://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return Err(ConfigError::Cluster(format!(
+                "redis url {:?} must start with redis://, rediss:// or redis+unix://",
+                self.redis_url
+            )));
+        }
+        let t = &self.tuning;
+        if t.compact_entries == 0 || t.compact_bytes == 0 {
+            return Err(ConfigError::Cluster(
+                "compact_entries and compact_bytes must be positive".into(),
+            ));
+        }
+        if t.redis_timeout.is_zero() || t.health_interval.is_zero() {
+            return Err(ConfigError::Cluster(
+                "redis_timeout and health_interval must be positive".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -314,5 +413,41 @@ mod tests {
         assert_eq!(f.durability, Some(Durability::Relaxed));
         assert_eq!(f.limits.unwrap().ping_interval, Duration::from_secs(10));
         assert!(toml::from_str::<ConfigFile>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cluster_section_parses_and_validates() {
+        let f: ConfigFile =
+            toml::from_str("[cluster]\ncompact_entries = 50\nretention = 2.5\nnode_id = \"n1\"\n")
+                .unwrap();
+        let t = f.cluster.unwrap();
+        assert_eq!(t.compact_entries, 50);
+        assert_eq!(t.retention, Duration::from_millis(2500));
+        assert_eq!(
+            t.outbox_max_bytes,
+            ClusterTuning::default().outbox_max_bytes
+        );
+        assert!(toml::from_str::<ConfigFile>("[cluster]\nretension = 2\n").is_err());
+        let ok = ClusterSettings {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            node_id: "node-a_1.x".into(),
+            tuning: t,
+        };
+        assert!(ok.validate().is_ok());
+        for bad_id in ["", "a b", "ü", &"x".repeat(65)] {
+            let c = ClusterSettings {
+                node_id: bad_id.to_string(),
+                ..ok.clone()
+            };
+            assert!(c.validate().is_err(), "{bad_id:?}");
+        }
+        let c = ClusterSettings {
+            redis_url: "127.0.0.1:6379".into(),
+            ..ok.clone()
+        };
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.tuning.compact_entries = 0;
+        assert!(c.validate().is_err());
     }
 }

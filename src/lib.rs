@@ -18,6 +18,8 @@
 //! - [`sessions`]: live sessions by identity, and the revocation endpoint that ends them.
 //! - [`presence`]: who is connected to a wedding, with token-verified identities.
 //! - [`metrics`]: Prometheus exposition at `/metrics`.
+//! - [`cluster`]: cluster mode: rooms shared by several nodes through Redis streams
+//!   (catch-up script, one stream reader per node, outbox while Redis is down, leased compaction).
 //! - [`net`]: the accept loop: connection caps (global, per IP), header-read timeout,
 //!   handshake deadline.
 //!
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod net;

@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wedsync::auth::{mint_hs256, unix_now, AuthError, TokenSpec};
 use wedsync::config::{
-    AuthSettings, Config, ConfigError, ConfigFile, Durability, Limits, DEFAULT_DATA_DIR,
-    DEFAULT_LISTEN,
+    AuthSettings, ClusterSettings, Config, ConfigError, ConfigFile, Durability, Limits,
+    DEFAULT_DATA_DIR, DEFAULT_LISTEN,
 };
 use wedsync::store::{admin, SledStore, StoreError};
 use wedsync::Server;
@@ -75,6 +75,12 @@ struct ServeArgs {
     /// TOML config file for everything else (limits, ...).
     #[arg(long, env = "WEDSYNC_CONFIG")]
     config: Option<PathBuf>,
+    /// Cluster mode: share rooms with other nodes through this Redis (needs --node-id).
+    #[arg(long = "redis", env = "WEDSYNC_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// This node's unique name in the cluster (needs --redis).
+    #[arg(long, env = "WEDSYNC_NODE_ID")]
+    node_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -215,6 +221,24 @@ fn resolve_config(args: ServeArgs) -> anyhow::Result<Config> {
         jwt_audience: args.jwt_audience.or(file.auth.jwt_audience),
         jwt_leeway_secs: file.auth.jwt_leeway_secs,
     };
+    let tuning = file.cluster.unwrap_or_default();
+    let cluster = match (
+        args.redis_url.or(tuning.redis_url.clone()),
+        args.node_id.or(tuning.node_id.clone()),
+    ) {
+        (None, None) => None,
+        (Some(redis_url), Some(node_id)) => Some(ClusterSettings {
+            redis_url,
+            node_id,
+            tuning,
+        }),
+        (Some(_), None) => {
+            return Err(UsageError("--redis needs --node-id (cluster mode)".into()).into())
+        }
+        (None, Some(_)) => {
+            return Err(UsageError("--node-id needs --redis (cluster mode)".into()).into())
+        }
+    };
     let config = Config {
         listen: Config::parse_listen(&listen)?,
         data_dir: args
@@ -225,6 +249,7 @@ fn resolve_config(args: ServeArgs) -> anyhow::Result<Config> {
         insecure_open: args.insecure_open || file.insecure_open.unwrap_or(false),
         durability: args.durability.or(file.durability).unwrap_or_default(),
         limits: file.limits.unwrap_or_else(Limits::default),
+        cluster,
     };
     config.validate()?;
     Ok(config)

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiError};
 use crate::auth::{token_from_parts, unix_now, Access, AuthConfig, Authenticator, Principal};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::net::ConnLimiter;
 use crate::room::{PeerInfo, Registry};
@@ -58,6 +59,8 @@ pub enum ServerError {
     },
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster mode: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// State shared by every handler.
@@ -178,9 +181,16 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
     let store = app.store.clone();
     let probe = tokio::task::spawn_blocking(move || store.stats("__readyz_probe__")).await;
     match probe {
-        Ok(Ok(_)) if !app.shutdown.is_cancelled() => Ok(Json(
-            serde_json::json!({"status": "ready", "rooms_loaded": app.registry.len()}),
-        )),
+        Ok(Ok(_)) if !app.shutdown.is_cancelled() => {
+            let mut body =
+                serde_json::json!({"status": "ready", "rooms_loaded": app.registry.len()});
+            // Cluster mode: still ready while Redis is down (rooms serve this node's clients
+            // from the outbox), but say so.
+            if let Some(c) = app.registry.cluster() {
+                body["cluster"] = serde_json::json!({"node": c.node_id(), "redis_up": c.is_up()});
+            }
+            Ok(Json(body))
+        }
         Ok(Ok(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -224,6 +234,7 @@ pub struct Server {
     state: AppState,
     serve: JoinHandle<std::io::Result<()>>,
     flusher: Flusher,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Server {
@@ -254,7 +265,14 @@ impl Server {
             warn!("no JWT key configured: open development mode, everyone may edit every document");
         }
         let flusher = Flusher::new(store.clone());
-        let registry = Registry::new(&config, store.clone(), flusher.clone());
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::start(settings).await?),
+            None => None,
+        };
+        let registry = Registry::new(&config, store.clone(), flusher.clone(), cluster.clone());
+        if cluster.is_some() {
+            drain_outboxes(store.clone(), registry.clone());
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -293,6 +311,7 @@ impl Server {
             state,
             serve,
             flusher,
+            cluster,
         })
     }
 
@@ -323,6 +342,9 @@ impl Server {
             Err(e) => warn!(error = %e, "server task failed"),
         }
         self.state.registry.shutdown().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
+        }
         self.flusher.flush().await?;
         // Release the store before returning, so a new server (or `wedsync doc`) can open the
         // data directory at once: wait until every other holder of the shared state (tasks
@@ -353,6 +375,39 @@ impl Server {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Cluster mode: documents whose local log still holds updates Redis never accepted (the node
+/// stopped while Redis was unreachable) are opened at start, so each re-joins and hands its
+/// outbox over as soon as Redis answers; their rooms unload once it is empty.
+fn drain_outboxes(store: SharedStore, registry: Arc<Registry>) {
+    tokio::spawn(async move {
+        let listed = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || -> Result<Vec<String>, StoreError> {
+                let mut pending = Vec::new();
+                for doc in store.list()? {
+                    if store.stats(&doc)?.is_some_and(|s| s.log_entries > 0) {
+                        pending.push(doc);
+                    }
+                }
+                Ok(pending)
+            })
+            .await
+        };
+        match listed {
+            Ok(Ok(docs)) => {
+                if !docs.is_empty() {
+                    info!(documents = docs.len(), "opening documents with an outbox");
+                }
+                for doc in docs {
+                    registry.get(&doc);
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "cannot list outboxes"),
+            Err(e) => warn!(error = %e, "cannot list outboxes"),
+        }
+    });
 }
 
 /// Builds the authenticator the configuration asks for (open mode without any key).

@@ -293,6 +293,22 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (&["serve", "--listen", "nope"], "listen"),
         (&["serve", "--listen", "0.0.0.0:0"], "--insecure-open"),
         (&["serve", "--durability", "maybe"], "--durability"),
+        (&["serve", "--redis", "redis://127.0.0.1:1"], "--node-id"),
+        (&["serve", "--node-id", "a"], "--redis"),
+        (
+            &[
+                "serve",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--node-id",
+                "a b",
+            ],
+            "node id",
+        ),
+        (
+            &["serve", "--redis", "http://127.0.0.1:1", "--node-id", "a"],
+            "redis url",
+        ),
         (&["doc", "export"], "<DOC>"),
         (&["doc", "frobnicate"], "unrecognized subcommand"),
     ];

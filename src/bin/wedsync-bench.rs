@@ -40,7 +40,9 @@ enum Proto {
 #[derive(Parser, Debug, Clone)]
 #[command(about = "y-websocket load generator: fan-out latency, loss, server RSS/CPU")]
 struct Args {
-    /// Server base URL; the room name is appended as the path.
+    /// Server base URL; the room name is appended as the path. Several, comma-separated
+    /// (cluster nodes): the k-th client of every room uses URL k mod N, so each room's writer
+    /// and readers sit on different nodes (cross-node fan-out).
     #[arg(long, default_value = "ws://127.0.0.1:1234")]
     url: String,
     /// Connections.
@@ -283,7 +285,15 @@ fn server_addr(url: &str) -> SocketAddr {
 async fn run(args: Args) -> serde_json::Value {
     let args = Arc::new(args);
     let shared = Arc::new(Shared::new(args.rooms.max(1)));
-    let addr = server_addr(&args.url);
+    let targets: Vec<(String, SocketAddr)> = args
+        .url
+        .split(',')
+        .map(|u| {
+            let u = u.trim().trim_end_matches('/').to_owned();
+            let addr = server_addr(&u);
+            (u, addr)
+        })
+        .collect();
     let pid = args.server_pid;
     let rss_before = procstat::rss_kib(pid);
     let (go_tx, go_rx) = watch::channel(false);
@@ -305,7 +315,7 @@ async fn run(args: Args) -> serde_json::Value {
         tasks.push(tokio::spawn(client(
             spec,
             args.clone(),
-            addr,
+            targets[local % targets.len()].clone(),
             shared.clone(),
             sem.clone(),
             go_rx.clone(),
@@ -528,7 +538,7 @@ fn note(map: &Mutex<std::collections::BTreeMap<String, u64>>, key: String) {
 async fn client(
     spec: ClientSpec,
     args: Arc<Args>,
-    addr: SocketAddr,
+    target: (String, SocketAddr),
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
     mut go: watch::Receiver<bool>,
@@ -540,7 +550,7 @@ async fn client(
         let Ok(_permit) = sem.acquire().await else {
             return;
         };
-        match connect(&args, addr, &room_name, spec.index).await {
+        match connect(&args, &target, &room_name, spec.index).await {
             Ok(ws) => ws,
             Err(e) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -713,17 +723,21 @@ async fn client(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(args: &Args, addr: SocketAddr, room: &str, index: usize) -> Result<Ws, String> {
+async fn connect(
+    args: &Args,
+    (base, addr): &(String, SocketAddr),
+    room: &str,
+    index: usize,
+) -> Result<Ws, String> {
     let ip = Ipv4Addr::new(127, 0, 0, 1 + (index % args.src_ips.max(1) as usize) as u8);
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     sock.bind(SocketAddr::new(ip.into(), 0))
         .map_err(|e| format!("bind: {e}"))?;
     let tcp = sock
-        .connect(addr)
+        .connect(*addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    let base = args.url.trim_end_matches('/');
     let url = if args.proto == Proto::Hocuspocus {
         format!("{base}/")
     } else if args.ack {

@@ -97,6 +97,9 @@ pub struct PresenceEntry {
     pub connected_since: u64,
     /// Awareness states this connection controls, by client id (parsed JSON).
     pub awareness: serde_json::Map<String, serde_json::Value>,
+    /// Cluster mode: the node the person is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 pub(crate) enum RoomCmd {
@@ -140,6 +143,10 @@ pub(crate) enum RoomCmd {
         job: WriteJob,
         done: oneshot::Sender<Result<(), RoomError>>,
     },
+    /// Cluster mode: entries other nodes appended (from the node's stream reader).
+    Remote(crate::cluster::RemoteBatch),
+    /// Cluster mode: (re-)join the shared log (Redis is back, lost data, or we lagged).
+    Rejoin,
 }
 
 /// A read job run inside the room task.
@@ -248,6 +255,8 @@ pub(crate) struct RoomContext {
     pub durability: Durability,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Cluster mode: the node's link to Redis.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 struct Entry {
@@ -263,7 +272,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &Config, store: SharedStore, flusher: Flusher) -> Arc<Registry> {
+    pub(crate) fn new(
+        config: &Config,
+        store: SharedStore,
+        flusher: Flusher,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
             ctx: RoomContext {
@@ -273,6 +287,7 @@ impl Registry {
                 durability: config.durability,
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                cluster,
             },
             next_generation: AtomicU64::new(1),
         })
@@ -294,6 +309,7 @@ impl Registry {
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(ROOM_CHANNEL);
+        let weak = tx.downgrade();
         let handle = RoomHandle { tx };
         rooms.insert(
             doc.to_owned(),
@@ -305,9 +321,14 @@ impl Registry {
         metrics::gauge!("wedsync_rooms_loaded").set(rooms.len() as f64);
         let registry = Arc::downgrade(self);
         let ctx = self.ctx.clone();
-        self.ctx
-            .tracker
-            .spawn(task::run(doc.to_owned(), generation, rx, ctx, registry));
+        self.ctx.tracker.spawn(task::run(
+            doc.to_owned(),
+            generation,
+            rx,
+            weak,
+            ctx,
+            registry,
+        ));
         handle
     }
 
@@ -348,6 +369,11 @@ impl Registry {
             .get(doc)
             .filter(|e| !e.handle.tx.is_closed())
             .map(|e| e.handle.clone())
+    }
+
+    /// Cluster mode: the node's link to Redis.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.ctx.cluster.as_ref()
     }
 
     /// Number of rooms in memory.

@@ -24,6 +24,8 @@ use super::{
     sleep_until_opt, ConnId, Incoming, PeerInfo, PeerLink, PresenceEntry, Registry, RoomCmd,
     RoomContext, RoomError, WriteJob,
 };
+mod clustered;
+
 use crate::config::Durability;
 use crate::protocol::{self, close};
 use crate::store::{StoreError, StoredDoc};
@@ -113,6 +115,10 @@ struct Room {
     loaded: bool,
     /// Set when the store failed under us: the room refuses everyone and unloads.
     failed: Option<String>,
+    /// Cluster mode: the room's part of the shared log (see [`clustered`]).
+    cluster: Option<clustered::ClusterRoom>,
+    /// Cluster mode: a re-join was asked for; it runs before the next commit.
+    rejoin_due: bool,
 }
 
 /// Entry point of a room task.
@@ -120,11 +126,18 @@ pub(super) async fn run(
     name: String,
     generation: u64,
     rx: mpsc::Receiver<RoomCmd>,
+    me: mpsc::WeakSender<RoomCmd>,
     ctx: RoomContext,
     registry: Weak<Registry>,
 ) {
     let span = info_span!("room", doc = %name);
-    run_inner(name, generation, rx, ctx, registry)
+    // Cluster mode: the node's table knows the room while its task runs (detached on every
+    // way out, by the guard).
+    let _attached = ctx
+        .cluster
+        .as_ref()
+        .map(|c| clustered::Attached::new(c.clone(), &name, generation, me.clone()));
+    run_inner(name, generation, rx, me, ctx, registry)
         .instrument(span)
         .await
 }
@@ -133,16 +146,24 @@ async fn run_inner(
     name: String,
     generation: u64,
     mut rx: mpsc::Receiver<RoomCmd>,
+    me: mpsc::WeakSender<RoomCmd>,
     ctx: RoomContext,
     registry: Weak<Registry>,
 ) {
     let started = Instant::now();
     let loaded = load(&name, &ctx).await;
     let mut room = Room::new(name.clone(), ctx.clone());
+    if let Some(cluster) = &ctx.cluster {
+        room.cluster = Some(clustered::ClusterRoom::new(cluster.clone(), generation, me));
+    }
     match loaded {
         Ok(stored) => {
             room.restore(stored);
             room.loaded = true;
+            if room.cluster.is_some() {
+                room.adopt_outbox();
+                room.join_cluster().await;
+            }
             debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "room loaded"
@@ -187,7 +208,7 @@ async fn run_inner(
                 }
                 room.commit().await;
                 room.close_all(close::GOING_AWAY, "server shutting down");
-                room.compact(true).await;
+                room.compact_before_unload().await;
                 if let Err(e) = ctx.flusher.flush().await {
                     error!(error = %e, "final flush failed");
                 }
@@ -201,7 +222,12 @@ async fn run_inner(
                 conflicts_at = None;
             }
             _ = sleep_until_opt(idle_deadline) => {
-                room.compact(true).await;
+                if room.holds_unsent_outbox() {
+                    // Cluster mode, Redis unreachable: stay until the outbox reached Redis.
+                    idle_since = Some(Instant::now());
+                    continue;
+                }
+                room.compact_before_unload().await;
                 if let Err(e) = ctx.flusher.flush().await {
                     warn!(error = %e, "flush before unload failed; staying loaded");
                     idle_since = Some(Instant::now());
@@ -226,6 +252,9 @@ async fn run_inner(
                         Ok(cmd) => { room.handle(cmd); n += 1; }
                         Err(_) => break,
                     }
+                }
+                if std::mem::take(&mut room.rejoin_due) {
+                    room.join_cluster().await;
                 }
                 room.commit().await;
                 idle_since = if room.peers.is_empty() { idle_since.or(Some(Instant::now())) } else { None };
@@ -293,6 +322,8 @@ impl Room {
             poisoned: None,
             loaded: false,
             failed: None,
+            cluster: None,
+            rejoin_due: false,
         }
     }
 
@@ -453,6 +484,8 @@ impl Room {
                     self.writes.push((job, done));
                 }
             }
+            RoomCmd::Remote(batch) => self.apply_remote(batch),
+            RoomCmd::Rejoin => self.rejoin_due = true,
         }
     }
 
@@ -503,12 +536,12 @@ impl Room {
         let stored_count = raws.len() as u64;
         let bytes: u64 = raws.iter().map(|r| r.len() as u64).sum();
         let res = if raws.is_empty() {
-            Ok(self.last_seq)
+            Ok(false)
         } else {
-            self.append_local(raws).await
+            self.persist(raws).await
         };
-        let seq = match res {
-            Ok(seq) => seq,
+        let local = match res {
+            Ok(local) => local,
             Err(e) => {
                 let code = if matches!(e, StoreError::Full(_)) {
                     close::TRY_AGAIN
@@ -533,9 +566,7 @@ impl Room {
                 return false;
             }
         };
-        self.last_seq = seq;
-        self.log_entries += stored_count;
-        self.log_bytes += bytes;
+        let _ = bytes;
         metrics::counter!("wedsync_updates_stored_total").increment(stored_count);
 
         let mut panicked = None;
@@ -597,7 +628,7 @@ impl Room {
             // (whose replay skips what panics).
             self.poisoned = Some(e);
         }
-        stored_count > 0
+        local
     }
 
     /// Takes the batch and removes the updates that would push the document over
@@ -684,14 +715,10 @@ impl Room {
                 let _ = done.send(Ok(()));
                 continue;
             };
-            let bytes = update.len() as u64;
-            let res = self.append_local(vec![update.clone()]).await;
+            let res = self.persist(vec![update.clone()]).await;
             match res {
-                Ok(seq) => {
-                    self.last_seq = seq;
-                    self.log_entries += 1;
-                    self.log_bytes += bytes;
-                    appended = true;
+                Ok(local) => {
+                    appended |= local;
                     self.post.push(Post::Broadcast {
                         origin: None,
                         update,
@@ -708,6 +735,22 @@ impl Room {
             }
         }
         appended
+    }
+
+    /// Stores updates where this room keeps them: in single-node mode the local log; in
+    /// cluster mode the room's Redis stream, or while Redis is unreachable the local log as
+    /// the outbox. Returns whether the local log was written (so a flush is needed).
+    async fn persist(&mut self, raws: Vec<Vec<u8>>) -> Result<bool, StoreError> {
+        let count = raws.len() as u64;
+        let bytes: u64 = raws.iter().map(|r| r.len() as u64).sum();
+        if self.cluster.is_some() {
+            return self.persist_clustered(raws, count, bytes).await;
+        }
+        let seq = self.append_local(raws).await?;
+        self.last_seq = seq;
+        self.log_entries += count;
+        self.log_bytes += bytes;
+        Ok(true)
     }
 
     /// Appends updates to this node's store (not yet durable: see [`Room::flush`]) and returns
@@ -862,6 +905,22 @@ impl Room {
     /// Folds the log into a new snapshot when it grew past the thresholds (or when `force`d
     /// and there is anything to fold).
     async fn compact(&mut self, force: bool) {
+        if self.cluster.is_some() {
+            return self.compact_clustered(force).await;
+        }
+        self.compact_local(force).await
+    }
+
+    /// Before the room stops: fold the log into the snapshot (single node), or refresh this
+    /// node's cached snapshot (cluster mode, joined).
+    async fn compact_before_unload(&mut self) {
+        if self.cluster.is_some() {
+            return self.refresh_cache().await;
+        }
+        self.compact_local(true).await
+    }
+
+    async fn compact_local(&mut self, force: bool) {
         if self.failed.is_some() || self.log_entries == 0 {
             return;
         }
@@ -985,6 +1044,7 @@ impl Room {
             Ok(Some(summary)) => {
                 let changed = summary.all_changes();
                 if let Ok(update) = self.awareness.update_with_clients(changed) {
+                    self.publish_awareness(&update);
                     self.broadcast_awareness(Some(conn), update);
                 }
             }
@@ -1017,6 +1077,7 @@ impl Room {
             debug!(error = %e, "awareness removal failed");
             return;
         }
+        self.publish_awareness(&update);
         self.broadcast_awareness(None, update);
     }
 
@@ -1112,9 +1173,11 @@ impl Room {
                         .map(|d| d.as_millis() as u64)
                         .unwrap_or(0),
                     awareness,
+                    node: self.cluster.as_ref().map(|c| c.node_id().to_owned()),
                 }
             })
             .collect();
+        self.remote_presence(&mut out);
         out.sort_by(|a, b| (a.connected_since, &a.user).cmp(&(b.connected_since, &b.user)));
         out
     }
