@@ -11,6 +11,26 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
+# The cluster tests (tests/cluster.rs) start their own redis-server on a free loopback port with a
+# temp dir; they never use the system service. Install the binary on a fresh Debian machine.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found: installing it (apt-get install redis-server)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "redis-server is required for the cluster tests; install it as root: apt-get install -y redis-server" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server is still missing after the install attempt" >&2
+  exit 1
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -86,18 +86,23 @@ struct Expected {
 }
 
 /// Everything writers wrote (their final documents) or had acknowledged, and everything
-/// observers received.
+/// observers received (observers are only used with writers that never delete).
 fn expected(writers: &[WriterReport], observers: &[Peer]) -> Expected {
     let mut e = Expected {
         keys: BTreeSet::new(),
         acked: BTreeSet::new(),
         sv: StateVector::default(),
     };
+    // The union of the writers' documents (a writer's copy of another writer's key may predate
+    // that writer's deletion of it: only the union knows).
+    let union = keys(&union_doc(writers.iter().map(|w| &w.peer.doc)));
     for w in writers {
-        e.keys.extend(w.peer.keys());
-        e.acked.extend(w.peer.acked.iter().cloned());
+        // A writer with deletions removed some of its own acked keys later (nobody else
+        // touches them): those must be gone, not present.
+        e.acked.extend(w.peer.acked.intersection(&union).cloned());
         merge_sv(&mut e.sv, &w.peer.state_vector());
     }
+    e.keys.extend(union);
     for o in observers {
         e.keys.extend(o.keys());
         merge_sv(&mut e.sv, &o.state_vector());
@@ -242,16 +247,17 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
 // ---------------------------------------------------------------------------------------------
 
 /// 3000 acknowledged updates on n1 (compaction every 200 entries, 1 s retention), then n3
-/// starts and a client there gets exactly the writer's document; n2, which never hosted the
-/// room, serves it over HTTP. Then a client edits offline and comes back on another node than
-/// before, while a client on a third node edited online: both end with everything.
+/// starts and a client there gets exactly the writer's document. Then a client edits offline
+/// and comes back on another node than before, while a client on a third node edited online:
+/// both end with everything. Last, n4 starts and serves the document over HTTP without any
+/// WebSocket client having opened the room there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(
         RedisServer::start(Persistence::AofEverySec),
         2,
-        3,
+        4,
         "compact_entries = 200\nretention = 1\n",
     );
     let doc = "wedding-late-join";
@@ -285,19 +291,6 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
         assert_eq!(r3.state_vector(), sv, "late node n3: state vector");
         assert!(content(&r3.doc) == content(&w.doc), "late node n3: content");
         assert_eq!(r3.keys().len(), 3000);
-
-        // n2 never hosted the room: its HTTP API loads it from Redis.
-        let body = reqwest::get(c.http(1, &format!("/api/docs/{doc}/update")))
-            .await
-            .expect("GET update from n2");
-        assert_eq!(body.status(), 200, "GET /api/docs/{doc}/update on n2");
-        let bytes = body.bytes().await.unwrap();
-        let d2 = yrs::Doc::new();
-        d2.transact_mut()
-            .apply_update(Update::decode_v1(&bytes).expect("a v1 update"))
-            .unwrap();
-        assert_eq!(d2.transact().state_vector(), sv, "n2 over HTTP: state vector");
-        assert!(content(&d2) == content(&w.doc), "n2 over HTTP: content");
 
         // Offline edits: X synced on n1, goes offline, edits; Y edits online on n2; X comes back
         // on n3.
@@ -354,6 +347,26 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
             acked: y.acked.clone(),
             sv: y.state_vector(),
         };
+        // n4 starts now and never had a client in this room: its HTTP API must still serve
+        // the document (from Redis), like any node behind a load balancer.
+        c.start_node(3);
+        let body = reqwest::get(c.http(3, &format!("/api/docs/{doc}/update")))
+            .await
+            .expect("GET update from n4");
+        let status = body.status().as_u16();
+        let bytes = body.bytes().await.unwrap();
+        assert_eq!(
+            status,
+            200,
+            "GET /api/docs/{doc}/update on a node that never hosted the room: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let d2 = yrs::Doc::new();
+        d2.transact_mut()
+            .apply_update(Update::decode_v1(&bytes).expect("a v1 update"))
+            .unwrap();
+        assert_eq!(d2.transact().state_vector(), y.state_vector(), "n4 over HTTP: state vector");
+        assert!(content(&d2) == content(&y.doc), "n4 over HTTP: content");
         for i in 0..3 {
             check_node(&c, i, doc, &e, Some(&y.doc), "after the offline merge").await;
         }
@@ -650,6 +663,98 @@ async fn redis_flushall_under_load_loses_nothing() {
         }
         c.start_node(3);
         check_node(&c, 3, doc, &e, Some(&union), "a new node after FLUSHALL").await;
+    })
+    .await;
+}
+
+/// The outbox is durable: while Redis is down, a writer on n1 gets 300 more updates acked
+/// (they are only in n1's sled outbox), n1 gets SIGKILL, Redis comes back, n1 restarts on its
+/// data directory and hands its outbox to Redis without any client reconnecting: a new node n4
+/// (reading Redis only), n2 and n3 then hold all 600 acked updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        3,
+        4,
+        "redis_timeout = 1\nhealth_interval = 0.25\n",
+    );
+    let doc = "wedding-outbox";
+    within(Duration::from_secs(120), "outbox scenario", async {
+        let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
+        let mut watcher = Peer::connect("watcher-n2", &c.url(1, doc), false).await;
+        write_acked(&mut w, "w", 0..300).await;
+        assert!(
+            watcher
+                .wait_until(Duration::from_secs(10), |p| p.keys().len() == 300)
+                .await,
+            "n2 sees n1's first 300 updates"
+        );
+        c.redis.kill9();
+        let (v, ok) = c.wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0).await;
+        assert!(ok, "n1: {UP} = {v} 10 s after Redis died");
+        // Acked while Redis is down: durable in n1's outbox only.
+        write_acked(&mut w, "w", 300..600).await;
+        let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0).await;
+        assert!(ok, "n1: {OUTBOX} = {v} with 300 updates Redis has not seen");
+        assert_eq!(w.acked.len(), 600, "all 600 updates acked");
+        let expected_sv = w.state_vector();
+        let expected_content = content(&w.doc);
+        let acked = w.acked.clone();
+        drop(w);
+        c.kill9(0);
+        eprintln!("n1 killed with 300 updates in its outbox; restarting Redis");
+        c.redis.restart();
+        c.start_node(0);
+        // Redis itself (through n4, which starts now and never saw the room), the nodes that
+        // were up all along, and n1: each must end with all 600 updates. Every node is asked
+        // before any verdict, so a failure says which of them lack what.
+        c.start_node(3);
+        let mut verdicts = Vec::new();
+        for i in [3, 1, 2, 0] {
+            let r = fresh_reader(
+                "reader",
+                &c.url(i, doc),
+                &expected_sv,
+                &acked,
+                Duration::from_secs(20),
+            )
+            .await;
+            let missing = acked.difference(&r.keys()).count();
+            let exact = r.state_vector() == expected_sv && content(&r.doc) == expected_content;
+            eprintln!("  n{}: {} keys, {missing} acked keys missing, exact: {exact}", i + 1, r.keys().len());
+            verdicts.push((i, missing, exact));
+        }
+        let outbox_lines: Vec<String> = c
+            .logs(0)
+            .lines()
+            .filter(|l| l.contains("outbox") || l.contains("lacked") || l.contains("re-join"))
+            .map(str::to_owned)
+            .collect();
+        eprintln!("  n1 log about its outbox:\n    {}", outbox_lines.join("\n    "));
+        for (_, missing, exact) in &verdicts {
+            assert!(
+                *missing == 0 && *exact,
+                "after n1 restarted with 300 acked updates in its outbox: {}",
+                verdicts
+                    .iter()
+                    .map(|(i, m, x)| format!("n{}: {m} of 600 acked keys missing (exact: {x})", i + 1))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        let ok = watcher
+            .wait_until(Duration::from_secs(20), |p| p.keys().len() == 600)
+            .await;
+        assert!(
+            ok,
+            "n2's client, connected all along, receives the 300 updates from n1's outbox (has {}, {:?})",
+            watcher.keys().len(),
+            watcher.last_end
+        );
+        let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
+        assert!(ok, "n1 (restarted): {OUTBOX} = {v}: its outbox drains into Redis");
     })
     .await;
 }
