@@ -317,6 +317,8 @@ pub struct WriterReport {
     pub reconnects: u32,
     /// Errors of reconnect attempts (the last few).
     pub errors: Vec<String>,
+    /// Own keys acknowledged when the first connection broke.
+    pub acked_before_reconnect: Option<usize>,
 }
 
 impl WriterReport {
@@ -359,8 +361,10 @@ pub async fn writer_with(
     let mut reconnects = 0u32;
     let mut errors = Vec::new();
     let mut next_url = 1usize;
+    let mut acked_before_reconnect = None;
     while !stop.is_cancelled() {
         if !peer.is_connected() {
+            acked_before_reconnect.get_or_insert(peer.acked.len());
             reconnects += 1;
             let url = urls[next_url % urls.len()].clone();
             next_url += 1;
@@ -421,6 +425,7 @@ pub async fn writer_with(
         written,
         reconnects,
         errors,
+        acked_before_reconnect,
     }
 }
 
