@@ -152,8 +152,16 @@ async fn check_node(
     )
     .await;
     let got = r.keys();
-    assert_has_keys(&format!("{what}: node {id}, acknowledged keys"), &got, &e.acked);
-    assert_has_keys(&format!("{what}: node {id}, keys written or seen"), &got, &e.keys);
+    assert_has_keys(
+        &format!("{what}: node {id}, acknowledged keys"),
+        &got,
+        &e.acked,
+    );
+    assert_has_keys(
+        &format!("{what}: node {id}, keys written or seen"),
+        &got,
+        &e.keys,
+    );
     assert!(
         sv_covers(&r.state_vector(), &e.sv),
         "{what}: node {id}: state vector {:?} is behind what clients had {:?}",
@@ -210,7 +218,11 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
                 "presence on {b} names the node of each connection: {p}"
             );
             let after = &out["presenceAfterLeave"][b.as_str()]["connected"];
-            assert_eq!(after.as_array().map(Vec::len), Some(2), "after C left, on {b}: {after}");
+            assert_eq!(
+                after.as_array().map(Vec::len),
+                Some(2),
+                "after C left, on {b}: {after}"
+            );
         }
         // Every node serves the converged document to a fresh yrs client too.
         let text = out["json"]["text"].as_str().expect("text").to_string();
@@ -231,7 +243,11 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
                         && t.get_string(&txn) == text
                 })
                 .await;
-            assert!(ok, "node n{} serves the document the JS clients converged on", i + 1);
+            assert!(
+                ok,
+                "node n{} serves the document the JS clients converged on",
+                i + 1
+            );
         }
         // The room lives in Redis under its hash tag.
         let keys = c.redis.keys(&format!("wedsync:{{{room}}}:*"));
@@ -265,13 +281,19 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
         let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
         let t0 = std::time::Instant::now();
         write_acked(&mut w, "w", 0..3000).await;
-        eprintln!("3000 acked updates on n1 in {} ms", t0.elapsed().as_millis());
+        eprintln!(
+            "3000 acked updates on n1 in {} ms",
+            t0.elapsed().as_millis()
+        );
 
         // At least one compaction happened: the counter, the snapshot key, a trimmed stream.
         let (n, ok) = c
             .wait_metric(0, COMPACTIONS, Duration::from_secs(20), |v| v >= 1.0)
             .await;
-        assert!(ok, "n1 {COMPACTIONS} = {n} after 3000 updates with compact_entries = 200");
+        assert!(
+            ok,
+            "n1 {COMPACTIONS} = {n} after 3000 updates with compact_entries = 200"
+        );
         let snap = c.redis.hgetall(&snapshot_key(doc));
         let field = |f: &str| snap.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
         assert!(
@@ -281,13 +303,23 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
             snap.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
         );
         let xlen = c.redis.xlen(&updates_key(doc));
-        assert!(xlen < 3000, "the stream was trimmed behind the snapshot: XLEN = {xlen}");
+        assert!(
+            xlen < 3000,
+            "the stream was trimmed behind the snapshot: XLEN = {xlen}"
+        );
         eprintln!("compactions on n1: {n}; XLEN after the writes: {xlen}");
 
         // A node that starts now serves the whole document.
         c.start_node(2);
         let sv = w.state_vector();
-        let r3 = fresh_reader("late-n3", &c.url(2, doc), &sv, &w.keys(), Duration::from_secs(30)).await;
+        let r3 = fresh_reader(
+            "late-n3",
+            &c.url(2, doc),
+            &sv,
+            &w.keys(),
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(r3.state_vector(), sv, "late node n3: state vector");
         assert!(content(&r3.doc) == content(&w.doc), "late node n3: content");
         assert_eq!(r3.keys().len(), 3000);
@@ -338,10 +370,15 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
             .await;
         assert!(y_ok, "Y (on n2) receives X's offline edits sent to n3");
         let x_ok = x
-            .wait_until(Duration::from_secs(20), |p| p.state_vector() == y.state_vector())
+            .wait_until(Duration::from_secs(20), |p| {
+                p.state_vector() == y.state_vector()
+            })
             .await;
         assert!(x_ok, "X and Y reach the same state vector");
-        assert!(content(&x.doc) == content(&y.doc), "X and Y have equal content");
+        assert!(
+            content(&x.doc) == content(&y.doc),
+            "X and Y have equal content"
+        );
         let e = Expected {
             keys: want,
             acked: y.acked.clone(),
@@ -369,11 +406,18 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
         // guest in too.
         w.edit(None, |_, txn| {
             let guests = txn.get_or_insert_map("guests");
-            guests.insert(txn, "g1", MapPrelim::from_iter([("name", "Ana"), ("rsvp", "yes")]));
+            guests.insert(
+                txn,
+                "g1",
+                MapPrelim::from_iter([("name", "Ana"), ("rsvp", "yes")]),
+            );
         })
         .await
         .unwrap();
-        assert!(w.wait_all_acked(Duration::from_secs(10)).await, "guest edit acked");
+        assert!(
+            w.wait_all_acked(Duration::from_secs(10)).await,
+            "guest edit acked"
+        );
 
         let resp = reqwest::get(c.http(1, &format!("/api/docs/{doc}/update")))
             .await
@@ -390,12 +434,19 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
         d2.transact_mut()
             .apply_update(Update::decode_v1(&bytes).expect("a v1 update"))
             .unwrap();
-        assert_eq!(d2.transact().state_vector(), w.state_vector(), "n2 over HTTP: state vector");
+        assert_eq!(
+            d2.transact().state_vector(),
+            w.state_vector(),
+            "n2 over HTTP: state vector"
+        );
         assert!(content(&d2) == content(&w.doc), "n2 over HTTP: content");
 
         let (status, plan) = get_json(&c.http(1, &format!("/api/weddings/{doc}"))).await;
         assert_eq!(status, 200, "GET /api/weddings/{doc} on n2: {plan}");
-        assert_eq!(plan["guests"]["g1"]["name"], "Ana", "the plan from n2: {plan}");
+        assert_eq!(
+            plan["guests"]["g1"]["name"], "Ana",
+            "the plan from n2: {plan}"
+        );
     })
     .await;
 }
@@ -560,7 +611,13 @@ impl Load {
 async fn start_load(c: &Cluster, doc: &str) -> Load {
     let stop = CancellationToken::new();
     let observers: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(observer(format!("obs-n{}", i + 1), c.url(i, doc), stop.clone())))
+        .map(|i| {
+            tokio::spawn(observer(
+                format!("obs-n{}", i + 1),
+                c.url(i, doc),
+                stop.clone(),
+            ))
+        })
         .collect();
     let mut pairs = Vec::new();
     for i in 0..3 {
@@ -625,7 +682,8 @@ async fn finish_load(load: Load) -> (Expected, yrs::Doc) {
     for (i, (a, b)) in pairs.iter_mut().enumerate() {
         let key = format!("pair-after-n{}", i + 1);
         assert!(
-            b.wait_until(Duration::from_secs(10), |p| p.keys().contains(&key)).await,
+            b.wait_until(Duration::from_secs(10), |p| p.keys().contains(&key))
+                .await,
             "n{}'s pair: b receives a's edit after the fault",
             i + 1
         );
@@ -676,38 +734,81 @@ async fn redis_outage(persistence: Persistence, doc: &str) {
             c.redis.kill9();
             eprintln!("SIGKILL redis");
             for i in 0..3 {
-                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(10), |v| v == 0.0).await;
+                let (v, ok) = c
+                    .wait_metric(i, UP, Duration::from_secs(10), |v| v == 0.0)
+                    .await;
                 assert!(ok, "n{}: {UP} = {v} 10 s after Redis died", i + 1);
-                let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(10), |v| v >= 1.0).await;
+                let (v, ok) = c
+                    .wait_metric(i, DEGRADED, Duration::from_secs(10), |v| v >= 1.0)
+                    .await;
                 assert!(ok, "n{}: {DEGRADED} = {v} while Redis is down", i + 1);
             }
             load.pairs_work("down-local").await;
-            let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0).await;
-            assert!(ok, "n1: {OUTBOX} = {v}: updates wait in the outbox while Redis is down");
+            let (v, ok) = c
+                .wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0)
+                .await;
+            assert!(
+                ok,
+                "n1: {OUTBOX} = {v}: updates wait in the outbox while Redis is down"
+            );
             tokio::time::sleep(Duration::from_millis(1000)).await;
             c.redis.restart();
-            eprintln!("redis restarted ({persistence:?}): DBSIZE {}", c.redis.dbsize());
+            eprintln!(
+                "redis restarted ({persistence:?}): DBSIZE {}",
+                c.redis.dbsize()
+            );
             for i in 0..3 {
-                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0).await;
+                let (v, ok) = c
+                    .wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0)
+                    .await;
                 assert!(ok, "n{}: {UP} = {v} 20 s after Redis came back", i + 1);
                 let (v, ok) = c
                     .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
                     .await;
-                assert!(ok, "n{}: {REJOINS} = {v} (was {}) after Redis came back", i + 1, before[i]);
+                assert!(
+                    ok,
+                    "n{}: {REJOINS} = {v} (was {}) after Redis came back",
+                    i + 1,
+                    before[i]
+                );
             }
         }
         let (e, union) = finish_load(load).await;
         for i in 0..3 {
-            let (v, ok) = c.wait_metric(i, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
-            assert!(ok, "n{}: {OUTBOX} = {v}: the outbox drains once Redis is back", i + 1);
-            let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(20), |v| v == 0.0).await;
+            let (v, ok) = c
+                .wait_metric(i, OUTBOX, Duration::from_secs(20), |v| v == 0.0)
+                .await;
+            assert!(
+                ok,
+                "n{}: {OUTBOX} = {v}: the outbox drains once Redis is back",
+                i + 1
+            );
+            let (v, ok) = c
+                .wait_metric(i, DEGRADED, Duration::from_secs(20), |v| v == 0.0)
+                .await;
             assert!(ok, "n{}: {DEGRADED} = {v} once Redis is back", i + 1);
         }
         for i in 0..3 {
-            check_node(&c, i, doc, &e, Some(&union), "after Redis kill -9 + restart").await;
+            check_node(
+                &c,
+                i,
+                doc,
+                &e,
+                Some(&union),
+                "after Redis kill -9 + restart",
+            )
+            .await;
         }
         c.start_node(3);
-        check_node(&c, 3, doc, &e, Some(&union), "a new node after the Redis restart").await;
+        check_node(
+            &c,
+            3,
+            doc,
+            &e,
+            Some(&union),
+            "a new node after the Redis restart",
+        )
+        .await;
     })
     .await;
 }
@@ -742,7 +843,12 @@ async fn redis_flushall_under_load_loses_nothing() {
                 let (v, ok) = c
                     .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
                     .await;
-                assert!(ok, "n{}: {REJOINS} = {v} (was {}) after FLUSHALL", i + 1, before[i]);
+                assert!(
+                    ok,
+                    "n{}: {REJOINS} = {v} (was {}) after FLUSHALL",
+                    i + 1,
+                    before[i]
+                );
             }
         }
         let (e, union) = finish_load(load).await;
@@ -891,7 +997,10 @@ async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
         let writers = join_all(ws, "writers").await;
         report(&writers, &[]);
         let compactions = c.metric_sum(COMPACTIONS).await;
-        assert!(compactions >= 3.0, "compactions ran during the writes: {COMPACTIONS} = {compactions}");
+        assert!(
+            compactions >= 3.0,
+            "compactions ran during the writes: {COMPACTIONS} = {compactions}"
+        );
         eprintln!("compactions (all nodes): {compactions}");
         let refs: Vec<&WriterReport> = writers.iter().collect();
         let e = expected(&refs, &[]);
@@ -906,7 +1015,15 @@ async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
             c.start_node(i);
         }
         for i in 0..3 {
-            check_node(&c, i, doc, &e, Some(&union), "after a cold restart of all nodes").await;
+            check_node(
+                &c,
+                i,
+                doc,
+                &e,
+                Some(&union),
+                "after a cold restart of all nodes",
+            )
+            .await;
         }
     })
     .await;
@@ -1004,11 +1121,16 @@ async fn redis_fixture_kill_restart_and_flush() {
     let mut r = RedisServer::start(Persistence::AofAlways);
     let port = r.port;
     assert_eq!(
-        r.cmd(&["XADD", "wedsync:{t}:updates", "*", "n", "x", "u", "abc"]).as_str().map(|s| s.contains('-')),
+        r.cmd(&["XADD", "wedsync:{t}:updates", "*", "n", "x", "u", "abc"])
+            .as_str()
+            .map(|s| s.contains('-')),
         Some(true)
     );
     r.kill9();
-    assert!(r.try_cmd(&["PING"]).is_err(), "killed redis does not answer");
+    assert!(
+        r.try_cmd(&["PING"]).is_err(),
+        "killed redis does not answer"
+    );
     r.restart();
     assert_eq!(r.port, port);
     assert_eq!(r.xlen("wedsync:{t}:updates"), 1, "the AOF was reloaded");
