@@ -15,6 +15,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use futures_util::FutureExt;
 
 use crate::api::{query_param, ApiError, DocName};
 use crate::net::ConnSlot;
@@ -69,11 +70,12 @@ pub async fn upgrade(
             // The session runs as a task of its own and the upgrade task ends here: that task's
             // future (hyper's upgrade, axum's wrapper and this closure's captures) would
             // otherwise stay allocated, as large as the session itself, for the life of the
-            // socket. Tracked from the start, so shutdown waits for it.
-            tracker.spawn(async move {
-                connection::run(app, socket, doc, conn, info, principal).await;
-                drop(slot);
-            });
+            // socket. Tracked from the start, so shutdown waits for it. The session future is
+            // built here, so the task holds it and the slot, not the arguments it was built from.
+            // (A combinator, not an `async` block: an async block awaiting `session` would keep
+            // it twice, as its capture and as the awaited value.)
+            let session = connection::run(app, socket, doc, conn, info, principal);
+            tracker.spawn(session.map(move |()| drop(slot)));
             std::future::ready(())
         })
 }
