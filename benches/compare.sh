@@ -7,7 +7,7 @@
 #
 # Usage: bash benches/compare.sh OLD_BINDIR NEW_BINDIR [what...]
 #   OLD_BINDIR/NEW_BINDIR hold `wedsync` and `wedsync-bench` (copies of target/release of each
-#   commit). what: s1 s3 rss cg (default: all). Env: ROUNDS (default 2), RSS_CONNS (19000).
+#   commit). what: s1 s3 s4 rss cg (default: s1 s3 rss cg). Env: ROUNDS (default 2), RSS_CONNS (19000).
 # Prints one line per run; raw files go to OUT (default target/compare/DATE).
 # Needs: perf (software events are enough), valgrind (for cg).
 set -uo pipefail
@@ -79,6 +79,20 @@ for w in "${WHAT[@]}"; do
   case $w in
     s1) load_run s1 --conns 1000 --rooms 100 --writers 1 --rate 5 --duration 10 --warmup 3 ;;
     s3) load_run s3 --conns 500 --rooms 1 --writers 5 --rate 10 --duration 10 --warmup 3 ;;
+    s4)
+      # Saturation ramp (as benches/run.sh s4): prints every step (deliveries/s, p99, server CPU).
+      for r in $(seq "$ROUNDS"); do
+        for side in old new; do
+          bindir=$OLD
+          [ $side = new ] && bindir=$NEW
+          start "$bindir" s4-$side-$r
+          "$bindir/wedsync-bench" --url ws://127.0.0.1:$PORT --server-pid "$SPID" --threads 1 --conns 1000 --rooms 10 \
+            --writers 5 --rate 2 --ramp --ramp-factor 1.4 --step-secs 5 --p99-bound-ms 50 --warmup 3 > "$OUT/s4-$side-$r.json" 2>/dev/null
+          stop
+          python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], ' | '.join(f\"{s['deliveries_per_sec']:.0f}/s p99 {s['p99_ms']:.1f} ms cpu {s['server_cpu_pct']:.0f}%\" for s in d.get('steps', [])))" "$OUT/s4-$side-$r.json" "s4-$side-$r load $(cut -d' ' -f1 /proc/loadavg)"
+        done
+      done
+      ;;
     rss)
       for side in old new; do
         bindir=$OLD
