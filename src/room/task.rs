@@ -753,28 +753,28 @@ impl Room {
         Ok(true)
     }
 
-    /// Appends updates to this node's store (not yet durable: see [`Room::flush`]) and returns
-    /// the sequence number of the last one.
+    /// Appends updates to this node's store on the store thread and returns the sequence
+    /// number of the last one. In strict mode the answer comes only after the group-commit
+    /// fsync that covers them (one hand-off for append and fsync, shared with every room
+    /// committing at the same time), so a failed fsync fails the append; in relaxed mode it
+    /// comes as soon as they are appended (not yet durable: see [`Room::flush`]).
     /// (A plain function returning a future: the future must not borrow the room.)
     fn append_local(
         &self,
         raws: Vec<Vec<u8>>,
     ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static {
-        let store = self.ctx.store.clone();
-        let name = self.name.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
-                store.append(&name, &refs)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(format!("append task failed: {e}"))))
-        }
+        let durable = self.ctx.durability == Durability::Strict;
+        self.ctx.flusher.append(self.name.clone(), raws, durable)
     }
 
     /// Waits for the group-commit flush. On failure the room gives up its in-memory state
     /// (which may now hold updates the disk does not) and unloads; clients resync on reconnect.
+    /// In strict mode every append of the commit was already answered after its fsync
+    /// ([`Room::append_local`]): nothing is left to wait for.
     async fn flush(&mut self) -> bool {
+        if self.ctx.durability == Durability::Strict {
+            return true;
+        }
         match self.ctx.flusher.flush().await {
             Ok(()) => true,
             Err(e) => {

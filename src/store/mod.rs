@@ -2,13 +2,14 @@
 //!
 //! Why it exists: a wedding plan must survive crashes and restarts. Every document is kept as a
 //! compacted *snapshot* (one Yjs v1 update holding the whole state) plus an append-only *log*
-//! of the updates applied since that snapshot. Rooms append to the log, ask the [`Flusher`] for a
-//! durable flush (shared by every room that wrote in the same window: group commit) and only then
-//! relay the updates to other clients.
+//! of the updates applied since that snapshot. Rooms append to the log through the [`Flusher`]'s
+//! store thread, which fsyncs once for every room that wrote in the same round (group commit),
+//! and only then relay the updates to other clients.
 //!
 //! The [`Store`] trait is deliberately synchronous: sled's operations are short, CPU-bound or
-//! blocking I/O, and callers run them on tokio's blocking pool (`spawn_blocking`), never on a
-//! runtime worker. It is object safe so the server holds an `Arc<dyn Store>`.
+//! blocking I/O, and callers run them on the store thread or tokio's blocking pool
+//! (`spawn_blocking`), never on a runtime worker. It is object safe so the server holds an
+//! `Arc<dyn Store>`.
 
 use std::sync::Arc;
 

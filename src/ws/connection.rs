@@ -29,19 +29,36 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
 /// Runs a session until either side closes it, inside a span naming the connection.
-#[tracing::instrument(name = "conn", skip_all, fields(id = conn, doc = %doc, user = %info.user))]
-pub async fn run(
+///
+/// A plain function returning the session's future, not an `async fn` with
+/// `#[tracing::instrument]`: that pair stores every argument twice (once in the outer future,
+/// once in the inner one) for the whole life of the socket, and the unsplit socket (368 bytes)
+/// once more. Every idle connection keeps this future, so its size is per-connection memory.
+pub fn run(
     app: AppState,
     socket: WebSocket,
     doc: String,
     conn: ConnId,
     info: PeerInfo,
     principal: Principal,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let span = tracing::info_span!("conn", id = conn, doc = %doc, user = %info.user);
+    let (sink, stream) = socket.split();
+    session(app, sink, stream, doc, conn, info, Arc::new(principal)).instrument(span)
+}
+
+async fn session(
+    app: AppState,
+    sink: SplitSink<WebSocket, WsMessage>,
+    mut stream: SplitStream<WebSocket>,
+    doc: String,
+    conn: ConnId,
+    info: PeerInfo,
+    principal: Arc<Principal>,
 ) {
     metrics::counter!("wedsync_connections_total").increment(1);
     metrics::gauge!("wedsync_connections").increment(1.0);
     let limits = &app.config.limits;
-    let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Bytes>(limits.outgoing_queue);
     let closer = Closer::new();
     let missed_pongs = Arc::new(AtomicU32::new(0));
@@ -58,7 +75,6 @@ pub async fn run(
     );
 
     let can_edit = info.can_edit;
-    let principal = Arc::new(principal);
     let deadline = app.auth.session_deadline(&principal).map(unix_to_instant);
     app.sessions
         .insert(conn, principal.clone(), closer.clone(), tx.clone());
