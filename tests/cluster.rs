@@ -766,6 +766,17 @@ async fn redis_flushall_under_load_loses_nothing() {
 /// (reading Redis only), n2 and n3 then hold all 600 acked updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
+    outbox_after_node_kill(false).await;
+}
+
+/// As `outbox_acked_while_redis_down_survives_kill_9_of_the_node`, but n1 restarts while Redis
+/// is still down (it opens the room from its outbox, degraded) and Redis comes back 2 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_of_a_node_restarted_while_redis_is_down_reaches_redis_when_it_returns() {
+    outbox_after_node_kill(true).await;
+}
+
+async fn outbox_after_node_kill(node_before_redis: bool) {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(
         RedisServer::start(Persistence::AofAlways),
@@ -797,9 +808,18 @@ async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
         let acked = w.acked.clone();
         drop(w);
         c.kill9(0);
-        eprintln!("n1 killed with 300 updates in its outbox; restarting Redis");
-        c.redis.restart();
-        c.start_node(0);
+        if node_before_redis {
+            eprintln!("n1 killed with 300 updates in its outbox; restarting n1, then Redis");
+            c.start_node(0);
+            let (v, ok) = c.wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0).await;
+            assert!(ok, "restarted n1: {UP} = {v} while Redis is down");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.redis.restart();
+        } else {
+            eprintln!("n1 killed with 300 updates in its outbox; restarting Redis, then n1");
+            c.redis.restart();
+            c.start_node(0);
+        }
         // Redis itself (through n4, which starts now and never saw the room), the nodes that
         // were up all along, and n1: each must end with all 600 updates. Every node is asked
         // before any verdict, so a failure says which of them lack what.
