@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster::peer::{self, content, keys, merge_sv, sv_covers, union_doc, Peer};
+use cluster::proxy::Balancer;
 use cluster::redis::{Persistence, RedisServer};
 use cluster::{
     assert_has_keys, fresh_reader, get_json, observer, write_acked, writer, writer_with, Cluster,
@@ -239,6 +240,79 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
             keys.contains(&updates_key(room)) || keys.contains(&snapshot_key(room)),
             "Redis holds the room's stream or snapshot: {keys:?}"
         );
+    })
+    .await;
+}
+
+/// Three `WebsocketProvider`s behind a round-robin TCP balancer (one lands on each node) edit
+/// continuously; n3 gets SIGKILL after 2 s. The provider that was on n3 reconnects through the
+/// same URL to a live node and syncs its edits; all three end with every key of every client
+/// (failover.mjs checks that), and so do n1, n2 and n3 restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_clients_behind_a_balancer_fail_over_when_a_node_dies() {
+    let _serial = SERIAL.lock().await;
+    support::js_dir();
+    let mut c = Cluster::start(RedisServer::start(Persistence::AofAlways), 3, 3, "");
+    let room = "wedding-failover-js";
+    within(Duration::from_secs(120), "js failover scenario", async {
+        let lb = Balancer::start((0..3).map(|i| c.node(i).addr).collect()).await;
+        let base = lb.base();
+        let script = tokio::spawn(async move {
+            support::node(
+                "failover.mjs",
+                &base,
+                room,
+                &["--clients", "3", "--duration-ms", "6000", "--pace-ms", "20", "--timeout-ms", "50000"],
+            )
+            .await
+        });
+        // Wait until each node has one of the three providers, then let them write a while.
+        let killed = c.node(2).addr;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while lb.handed.lock().unwrap().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the three providers did not connect through the balancer: {:?}",
+                lb.handed.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.kill9(2);
+        eprintln!("SIGKILL n3 ({killed}) under the JS clients");
+        let out = within(Duration::from_secs(70), "failover.mjs", script)
+            .await
+            .expect("node task");
+        eprintln!("failover.mjs: {out}; balancer handed {:?}", lb.handed.lock().unwrap());
+        let clients = out["clients"].as_array().expect("clients");
+        assert!(
+            clients.iter().any(|c| c["connects"].as_u64().unwrap_or(0) >= 2),
+            "a provider reconnected after the kill: {out}"
+        );
+        let mut keys = BTreeSet::new();
+        for (i, cl) in clients.iter().enumerate() {
+            for k in 0..cl["written"].as_u64().expect("written") {
+                keys.insert(format!("js{i}-{k}"));
+            }
+        }
+        assert_eq!(keys.len() as u64, out["keys"].as_u64().unwrap());
+        let mut sv = StateVector::default();
+        for (id, clock) in out["stateVector"].as_object().expect("stateVector") {
+            sv.set_max(
+                yrs::ClientID::new(id.parse().expect("client id")),
+                clock.as_u64().expect("clock") as u32,
+            );
+        }
+        let e = Expected {
+            acked: BTreeSet::new(),
+            keys,
+            sv,
+        };
+        for i in [0, 1] {
+            check_node(&c, i, room, &e, None, "after the JS failover").await;
+        }
+        c.start_node(2);
+        check_node(&c, 2, room, &e, None, "n3 restarted after the JS failover").await;
     })
     .await;
 }
