@@ -946,6 +946,83 @@ async fn outbox_after_node_kill(node_before_redis: bool) {
     .await;
 }
 
+/// A bounded outbox: with `outbox_max_bytes = 16384` and Redis down, a writer on n1 is closed
+/// with 1013 once the outbox is full, while a reader on n1 stays connected. What was acked
+/// reaches Redis once it is back (a node on which the writer never was serves it), and the
+/// writer, reconnecting to n2, hands over the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbox_closes_writers_with_1013_and_keeps_what_it_acked() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        2,
+        2,
+        "redis_timeout = 1\nhealth_interval = 0.25\noutbox_max_bytes = 16384\n",
+    );
+    let doc = "wedding-outbox-full";
+    within(Duration::from_secs(120), "full outbox scenario", async {
+        let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
+        let mut reader = Peer::connect("reader-n1", &c.url(0, doc), false).await;
+        write_acked(&mut w, "w", 0..50).await;
+        c.redis.kill9();
+        let (v, ok) = c.wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0).await;
+        assert!(ok, "n1: {UP} = {v} 10 s after Redis died");
+        // Write until the node refuses (each key ~30 bytes: 16 KiB is a few hundred updates).
+        let mut i = 50u64;
+        let closed = loop {
+            if i > 5000 {
+                break None;
+            }
+            while w.unacked() >= peer::ACK_WINDOW {
+                if w.pump(Duration::from_secs(10)).await.is_err() {
+                    break;
+                }
+            }
+            if !w.is_connected() {
+                break w.last_end.clone();
+            }
+            let _ = w.insert(format!("w-{i}"), i as i64).await;
+            i += 1;
+            while let Ok(Some(_)) = w.pump(Duration::ZERO).await {}
+        };
+        // Let the reader take what n1 relayed.
+        reader.drain(Duration::from_millis(500)).await;
+        eprintln!(
+            "writer: {} sent, {} acked, closed: {closed:?}; n1 {OUTBOX} = {}",
+            i,
+            w.acked.len(),
+            c.metrics(0).await.get(OUTBOX)
+        );
+        let closed = closed.expect("the writer was closed before 5000 updates with a 16 KiB outbox");
+        assert!(closed.contains("1013"), "closed with 1013 (try again later): {closed}");
+        assert!(reader.is_connected(), "a reader of n1 is not closed by a full outbox ({:?})", reader.last_end);
+        assert!(w.acked.len() > 50, "updates were acked from the outbox before it filled");
+        let acked = w.acked.clone();
+        assert_has_keys("n1's reader: what was acked while Redis was down", &reader.keys(), &acked);
+
+        c.redis.restart();
+        let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
+        assert!(ok, "n1: {OUTBOX} = {v}: the outbox drains once Redis is back");
+        let e = Expected {
+            keys: acked.clone(),
+            acked: acked.clone(),
+            sv: StateVector::default(),
+        };
+        check_node(&c, 1, doc, &e, None, "acked from the outbox, read on n2").await;
+
+        // The writer comes back on n2: its unacked edits go up with the sync.
+        w.try_connect(&c.url(1, doc)).await.expect("writer reconnects to n2");
+        assert!(w.wait_all_acked(Duration::from_secs(10)).await, "the resync is acked");
+        let e = Expected {
+            keys: w.keys(),
+            acked,
+            sv: w.state_vector(),
+        };
+        check_node(&c, 0, doc, &e, Some(&w.doc), "after the writer resynced through n2").await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // e. compaction racing with writes
 // ---------------------------------------------------------------------------------------------
