@@ -153,8 +153,16 @@ async fn check_node(
     )
     .await;
     let got = r.keys();
-    assert_has_keys(&format!("{what}: node {id}, acknowledged keys"), &got, &e.acked);
-    assert_has_keys(&format!("{what}: node {id}, keys written or seen"), &got, &e.keys);
+    assert_has_keys(
+        &format!("{what}: node {id}, acknowledged keys"),
+        &got,
+        &e.acked,
+    );
+    assert_has_keys(
+        &format!("{what}: node {id}, keys written or seen"),
+        &got,
+        &e.keys,
+    );
     assert!(
         sv_covers(&r.state_vector(), &e.sv),
         "{what}: node {id}: state vector {:?} is behind what clients had {:?}",
@@ -211,7 +219,11 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
                 "presence on {b} names the node of each connection: {p}"
             );
             let after = &out["presenceAfterLeave"][b.as_str()]["connected"];
-            assert_eq!(after.as_array().map(Vec::len), Some(2), "after C left, on {b}: {after}");
+            assert_eq!(
+                after.as_array().map(Vec::len),
+                Some(2),
+                "after C left, on {b}: {after}"
+            );
         }
         // Every node serves the converged document to a fresh yrs client too.
         let text = out["json"]["text"].as_str().expect("text").to_string();
@@ -232,7 +244,11 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
                         && t.get_string(&txn) == text
                 })
                 .await;
-            assert!(ok, "node n{} serves the document the JS clients converged on", i + 1);
+            assert!(
+                ok,
+                "node n{} serves the document the JS clients converged on",
+                i + 1
+            );
         }
         // The room lives in Redis under its hash tag.
         let keys = c.redis.keys(&format!("wedsync:{{{room}}}:*"));
@@ -262,7 +278,16 @@ async fn js_clients_behind_a_balancer_fail_over_when_a_node_dies() {
                 "failover.mjs",
                 &base,
                 room,
-                &["--clients", "3", "--duration-ms", "6000", "--pace-ms", "20", "--timeout-ms", "50000"],
+                &[
+                    "--clients",
+                    "3",
+                    "--duration-ms",
+                    "6000",
+                    "--pace-ms",
+                    "20",
+                    "--timeout-ms",
+                    "50000",
+                ],
             )
             .await
         });
@@ -283,10 +308,15 @@ async fn js_clients_behind_a_balancer_fail_over_when_a_node_dies() {
         let out = within(Duration::from_secs(70), "failover.mjs", script)
             .await
             .expect("node task");
-        eprintln!("failover.mjs: {out}; balancer handed {:?}", lb.handed.lock().unwrap());
+        eprintln!(
+            "failover.mjs: {out}; balancer handed {:?}",
+            lb.handed.lock().unwrap()
+        );
         let clients = out["clients"].as_array().expect("clients");
         assert!(
-            clients.iter().any(|c| c["connects"].as_u64().unwrap_or(0) >= 2),
+            clients
+                .iter()
+                .any(|c| c["connects"].as_u64().unwrap_or(0) >= 2),
             "a provider reconnected after the kill: {out}"
         );
         let mut keys = BTreeSet::new();
@@ -339,13 +369,19 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
         let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
         let t0 = std::time::Instant::now();
         write_acked(&mut w, "w", 0..3000).await;
-        eprintln!("3000 acked updates on n1 in {} ms", t0.elapsed().as_millis());
+        eprintln!(
+            "3000 acked updates on n1 in {} ms",
+            t0.elapsed().as_millis()
+        );
 
         // At least one compaction happened: the counter, the snapshot key, a trimmed stream.
         let (n, ok) = c
             .wait_metric(0, COMPACTIONS, Duration::from_secs(20), |v| v >= 1.0)
             .await;
-        assert!(ok, "n1 {COMPACTIONS} = {n} after 3000 updates with compact_entries = 200");
+        assert!(
+            ok,
+            "n1 {COMPACTIONS} = {n} after 3000 updates with compact_entries = 200"
+        );
         let snap = c.redis.hgetall(&snapshot_key(doc));
         let field = |f: &str| snap.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
         assert!(
@@ -355,13 +391,23 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
             snap.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
         );
         let xlen = c.redis.xlen(&updates_key(doc));
-        assert!(xlen < 3000, "the stream was trimmed behind the snapshot: XLEN = {xlen}");
+        assert!(
+            xlen < 3000,
+            "the stream was trimmed behind the snapshot: XLEN = {xlen}"
+        );
         eprintln!("compactions on n1: {n}; XLEN after the writes: {xlen}");
 
         // A node that starts now serves the whole document.
         c.start_node(2);
         let sv = w.state_vector();
-        let r3 = fresh_reader("late-n3", &c.url(2, doc), &sv, &w.keys(), Duration::from_secs(30)).await;
+        let r3 = fresh_reader(
+            "late-n3",
+            &c.url(2, doc),
+            &sv,
+            &w.keys(),
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(r3.state_vector(), sv, "late node n3: state vector");
         assert!(content(&r3.doc) == content(&w.doc), "late node n3: content");
         assert_eq!(r3.keys().len(), 3000);
@@ -412,10 +458,15 @@ async fn late_node_serves_full_state_after_compaction_and_offline_edits_merge() 
             .await;
         assert!(y_ok, "Y (on n2) receives X's offline edits sent to n3");
         let x_ok = x
-            .wait_until(Duration::from_secs(20), |p| p.state_vector() == y.state_vector())
+            .wait_until(Duration::from_secs(20), |p| {
+                p.state_vector() == y.state_vector()
+            })
             .await;
         assert!(x_ok, "X and Y reach the same state vector");
-        assert!(content(&x.doc) == content(&y.doc), "X and Y have equal content");
+        assert!(
+            content(&x.doc) == content(&y.doc),
+            "X and Y have equal content"
+        );
         let e = Expected {
             keys: want,
             acked: y.acked.clone(),
@@ -443,11 +494,18 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
         // guest in too.
         w.edit(None, |_, txn| {
             let guests = txn.get_or_insert_map("guests");
-            guests.insert(txn, "g1", MapPrelim::from_iter([("name", "Ana"), ("rsvp", "yes")]));
+            guests.insert(
+                txn,
+                "g1",
+                MapPrelim::from_iter([("name", "Ana"), ("rsvp", "yes")]),
+            );
         })
         .await
         .unwrap();
-        assert!(w.wait_all_acked(Duration::from_secs(10)).await, "guest edit acked");
+        assert!(
+            w.wait_all_acked(Duration::from_secs(10)).await,
+            "guest edit acked"
+        );
 
         let resp = reqwest::get(c.http(1, &format!("/api/docs/{doc}/update")))
             .await
@@ -464,12 +522,19 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
         d2.transact_mut()
             .apply_update(Update::decode_v1(&bytes).expect("a v1 update"))
             .unwrap();
-        assert_eq!(d2.transact().state_vector(), w.state_vector(), "n2 over HTTP: state vector");
+        assert_eq!(
+            d2.transact().state_vector(),
+            w.state_vector(),
+            "n2 over HTTP: state vector"
+        );
         assert!(content(&d2) == content(&w.doc), "n2 over HTTP: content");
 
         let (status, plan) = get_json(&c.http(1, &format!("/api/weddings/{doc}"))).await;
         assert_eq!(status, 200, "GET /api/weddings/{doc} on n2: {plan}");
-        assert_eq!(plan["guests"]["g1"]["name"], "Ana", "the plan from n2: {plan}");
+        assert_eq!(
+            plan["guests"]["g1"]["name"], "Ana",
+            "the plan from n2: {plan}"
+        );
     })
     .await;
 }
@@ -634,7 +699,13 @@ impl Load {
 async fn start_load(c: &Cluster, doc: &str) -> Load {
     let stop = CancellationToken::new();
     let observers: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(observer(format!("obs-n{}", i + 1), c.url(i, doc), stop.clone())))
+        .map(|i| {
+            tokio::spawn(observer(
+                format!("obs-n{}", i + 1),
+                c.url(i, doc),
+                stop.clone(),
+            ))
+        })
         .collect();
     let mut pairs = Vec::new();
     for i in 0..3 {
@@ -699,7 +770,8 @@ async fn finish_load(load: Load) -> (Expected, yrs::Doc) {
     for (i, (a, b)) in pairs.iter_mut().enumerate() {
         let key = format!("pair-after-n{}", i + 1);
         assert!(
-            b.wait_until(Duration::from_secs(10), |p| p.keys().contains(&key)).await,
+            b.wait_until(Duration::from_secs(10), |p| p.keys().contains(&key))
+                .await,
             "n{}'s pair: b receives a's edit after the fault",
             i + 1
         );
@@ -750,38 +822,80 @@ async fn redis_outage(persistence: Persistence, doc: &str) {
             c.redis.kill9();
             eprintln!("SIGKILL redis");
             for i in 0..3 {
-                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(10), |v| v == 0.0).await;
+                let (v, ok) = c
+                    .wait_metric(i, UP, Duration::from_secs(10), |v| v == 0.0)
+                    .await;
                 assert!(ok, "n{}: {UP} = {v} 10 s after Redis died", i + 1);
-                let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(10), |v| v >= 1.0).await;
+                let (v, ok) = c
+                    .wait_metric(i, DEGRADED, Duration::from_secs(10), |v| v >= 1.0)
+                    .await;
                 assert!(ok, "n{}: {DEGRADED} = {v} while Redis is down", i + 1);
             }
             load.pairs_work("down-local").await;
-            let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0).await;
-            assert!(ok, "n1: {OUTBOX} = {v}: updates wait in the outbox while Redis is down");
+            let (v, ok) = c
+                .wait_metric(0, OUTBOX, Duration::from_secs(5), |v| v > 0.0)
+                .await;
+            assert!(
+                ok,
+                "n1: {OUTBOX} = {v}: updates wait in the outbox while Redis is down"
+            );
             tokio::time::sleep(Duration::from_millis(1000)).await;
             c.redis.restart();
-            eprintln!("redis restarted ({persistence:?}): DBSIZE {}", c.redis.dbsize());
-            for i in 0..3 {
-                let (v, ok) = c.wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0).await;
+            eprintln!(
+                "redis restarted ({persistence:?}): DBSIZE {}",
+                c.redis.dbsize()
+            );
+            for (i, was) in before.iter().copied().enumerate() {
+                let (v, ok) = c
+                    .wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0)
+                    .await;
                 assert!(ok, "n{}: {UP} = {v} 20 s after Redis came back", i + 1);
                 let (v, ok) = c
-                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
+                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > was)
                     .await;
-                assert!(ok, "n{}: {REJOINS} = {v} (was {}) after Redis came back", i + 1, before[i]);
+                assert!(
+                    ok,
+                    "n{}: {REJOINS} = {v} (was {was}) after Redis came back",
+                    i + 1
+                );
             }
         }
         let (e, union) = finish_load(load).await;
         for i in 0..3 {
-            let (v, ok) = c.wait_metric(i, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
-            assert!(ok, "n{}: {OUTBOX} = {v}: the outbox drains once Redis is back", i + 1);
-            let (v, ok) = c.wait_metric(i, DEGRADED, Duration::from_secs(20), |v| v == 0.0).await;
+            let (v, ok) = c
+                .wait_metric(i, OUTBOX, Duration::from_secs(20), |v| v == 0.0)
+                .await;
+            assert!(
+                ok,
+                "n{}: {OUTBOX} = {v}: the outbox drains once Redis is back",
+                i + 1
+            );
+            let (v, ok) = c
+                .wait_metric(i, DEGRADED, Duration::from_secs(20), |v| v == 0.0)
+                .await;
             assert!(ok, "n{}: {DEGRADED} = {v} once Redis is back", i + 1);
         }
         for i in 0..3 {
-            check_node(&c, i, doc, &e, Some(&union), "after Redis kill -9 + restart").await;
+            check_node(
+                &c,
+                i,
+                doc,
+                &e,
+                Some(&union),
+                "after Redis kill -9 + restart",
+            )
+            .await;
         }
         c.start_node(3);
-        check_node(&c, 3, doc, &e, Some(&union), "a new node after the Redis restart").await;
+        check_node(
+            &c,
+            3,
+            doc,
+            &e,
+            Some(&union),
+            "a new node after the Redis restart",
+        )
+        .await;
     })
     .await;
 }
@@ -812,11 +926,11 @@ async fn redis_flushall_under_load_loses_nothing() {
             c.redis.flushall();
             eprintln!("FLUSHALL; rejoins before: {before:?}");
             load.pairs_work("after-flush-local").await;
-            for i in 0..3 {
+            for (i, was) in before.iter().copied().enumerate() {
                 let (v, ok) = c
-                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
+                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > was)
                     .await;
-                assert!(ok, "n{}: {REJOINS} = {v} (was {}) after FLUSHALL", i + 1, before[i]);
+                assert!(ok, "n{}: {REJOINS} = {v} (was {was}) after FLUSHALL", i + 1);
             }
         }
         let (e, union) = finish_load(load).await;
@@ -965,7 +1079,9 @@ async fn full_outbox_closes_writers_with_1013_and_keeps_what_it_acked() {
         let mut reader = Peer::connect("reader-n1", &c.url(0, doc), false).await;
         write_acked(&mut w, "w", 0..50).await;
         c.redis.kill9();
-        let (v, ok) = c.wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0).await;
+        let (v, ok) = c
+            .wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0)
+            .await;
         assert!(ok, "n1: {UP} = {v} 10 s after Redis died");
         // Write until the node refuses (each key ~30 bytes: 16 KiB is a few hundred updates).
         let mut i = 50u64;
@@ -993,16 +1109,36 @@ async fn full_outbox_closes_writers_with_1013_and_keeps_what_it_acked() {
             w.acked.len(),
             c.metrics(0).await.get(OUTBOX)
         );
-        let closed = closed.expect("the writer was closed before 5000 updates with a 16 KiB outbox");
-        assert!(closed.contains("1013"), "closed with 1013 (try again later): {closed}");
-        assert!(reader.is_connected(), "a reader of n1 is not closed by a full outbox ({:?})", reader.last_end);
-        assert!(w.acked.len() > 50, "updates were acked from the outbox before it filled");
+        let closed =
+            closed.expect("the writer was closed before 5000 updates with a 16 KiB outbox");
+        assert!(
+            closed.contains("1013"),
+            "closed with 1013 (try again later): {closed}"
+        );
+        assert!(
+            reader.is_connected(),
+            "a reader of n1 is not closed by a full outbox ({:?})",
+            reader.last_end
+        );
+        assert!(
+            w.acked.len() > 50,
+            "updates were acked from the outbox before it filled"
+        );
         let acked = w.acked.clone();
-        assert_has_keys("n1's reader: what was acked while Redis was down", &reader.keys(), &acked);
+        assert_has_keys(
+            "n1's reader: what was acked while Redis was down",
+            &reader.keys(),
+            &acked,
+        );
 
         c.redis.restart();
-        let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
-        assert!(ok, "n1: {OUTBOX} = {v}: the outbox drains once Redis is back");
+        let (v, ok) = c
+            .wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0)
+            .await;
+        assert!(
+            ok,
+            "n1: {OUTBOX} = {v}: the outbox drains once Redis is back"
+        );
         let e = Expected {
             keys: acked.clone(),
             acked: acked.clone(),
@@ -1011,14 +1147,27 @@ async fn full_outbox_closes_writers_with_1013_and_keeps_what_it_acked() {
         check_node(&c, 1, doc, &e, None, "acked from the outbox, read on n2").await;
 
         // The writer comes back on n2: its unacked edits go up with the sync.
-        w.try_connect(&c.url(1, doc)).await.expect("writer reconnects to n2");
-        assert!(w.wait_all_acked(Duration::from_secs(10)).await, "the resync is acked");
+        w.try_connect(&c.url(1, doc))
+            .await
+            .expect("writer reconnects to n2");
+        assert!(
+            w.wait_all_acked(Duration::from_secs(10)).await,
+            "the resync is acked"
+        );
         let e = Expected {
             keys: w.keys(),
             acked,
             sv: w.state_vector(),
         };
-        check_node(&c, 0, doc, &e, Some(&w.doc), "after the writer resynced through n2").await;
+        check_node(
+            &c,
+            0,
+            doc,
+            &e,
+            Some(&w.doc),
+            "after the writer resynced through n2",
+        )
+        .await;
     })
     .await;
 }
@@ -1062,7 +1211,10 @@ async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
         let writers = join_all(ws, "writers").await;
         report(&writers, &[]);
         let compactions = c.metric_sum(COMPACTIONS).await;
-        assert!(compactions >= 3.0, "compactions ran during the writes: {COMPACTIONS} = {compactions}");
+        assert!(
+            compactions >= 3.0,
+            "compactions ran during the writes: {COMPACTIONS} = {compactions}"
+        );
         eprintln!("compactions (all nodes): {compactions}");
         let refs: Vec<&WriterReport> = writers.iter().collect();
         let e = expected(&refs, &[]);
@@ -1077,7 +1229,15 @@ async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
             c.start_node(i);
         }
         for i in 0..3 {
-            check_node(&c, i, doc, &e, Some(&union), "after a cold restart of all nodes").await;
+            check_node(
+                &c,
+                i,
+                doc,
+                &e,
+                Some(&union),
+                "after a cold restart of all nodes",
+            )
+            .await;
         }
     })
     .await;
@@ -1175,11 +1335,16 @@ async fn redis_fixture_kill_restart_and_flush() {
     let mut r = RedisServer::start(Persistence::AofAlways);
     let port = r.port;
     assert_eq!(
-        r.cmd(&["XADD", "wedsync:{t}:updates", "*", "n", "x", "u", "abc"]).as_str().map(|s| s.contains('-')),
+        r.cmd(&["XADD", "wedsync:{t}:updates", "*", "n", "x", "u", "abc"])
+            .as_str()
+            .map(|s| s.contains('-')),
         Some(true)
     );
     r.kill9();
-    assert!(r.try_cmd(&["PING"]).is_err(), "killed redis does not answer");
+    assert!(
+        r.try_cmd(&["PING"]).is_err(),
+        "killed redis does not answer"
+    );
     r.restart();
     assert_eq!(r.port, port);
     assert_eq!(r.xlen("wedsync:{t}:updates"), 1, "the AOF was reloaded");

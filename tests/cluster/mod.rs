@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use yrs::Map;
 use tokio_util::sync::CancellationToken;
+use yrs::Map;
 
 use crate::process::ServerProcess;
 use peer::{Peer, ACK_WINDOW};

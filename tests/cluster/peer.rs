@@ -132,7 +132,10 @@ impl Peer {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.disconnect().await;
-                return Err(format!("{}: no sync step 2 from {url} within 20 s", self.name));
+                return Err(format!(
+                    "{}: no sync step 2 from {url} within 20 s",
+                    self.name
+                ));
             }
             if self.pump(left).await? == Some(true) {
                 return Ok(());
@@ -191,7 +194,8 @@ impl Peer {
         if self.ws.is_none() {
             return Err(format!("{}: offline edit", self.name));
         }
-        self.send(Message::Sync(SyncMessage::Update(update))).await?;
+        self.send(Message::Sync(SyncMessage::Update(update)))
+            .await?;
         self.pending.push_back((self.conn_updates, key));
         Ok(())
     }
@@ -300,7 +304,11 @@ impl Peer {
 
     /// Handles frames until `pred` holds (true) or `timeout` passes or the connection ends
     /// (false).
-    pub async fn wait_until(&mut self, timeout: Duration, mut pred: impl FnMut(&Peer) -> bool) -> bool {
+    pub async fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Peer) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if pred(self) {
@@ -361,7 +369,9 @@ pub fn content(doc: &Doc) -> (Any, Any, String) {
 
 /// Whether `big` has at least every clock of `small`.
 pub fn sv_covers(big: &StateVector, small: &StateVector) -> bool {
-    small.iter().all(|(client, clock)| big.get(client) >= *clock)
+    small
+        .iter()
+        .all(|(client, clock)| big.get(client) >= *clock)
 }
 
 pub fn merge_sv(into: &mut StateVector, other: &StateVector) {
@@ -388,6 +398,9 @@ pub fn union_doc<'a>(docs: impl IntoIterator<Item = &'a Doc>) -> Doc {
 pub fn push_extra(r: &Roots, txn: &mut yrs::TransactionMut, tag: &str, i: u64) {
     r.array.push_back(txn, format!("{tag}-{i}"));
     let len = r.text.len(txn);
-    r.text
-        .insert(txn, (i as u32).wrapping_mul(7) % (len + 1), &format!("<{tag}{i}>"));
+    r.text.insert(
+        txn,
+        (i as u32).wrapping_mul(7) % (len + 1),
+        &format!("<{tag}{i}>"),
+    );
 }

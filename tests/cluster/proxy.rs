@@ -21,7 +21,9 @@ pub struct Balancer {
 
 impl Balancer {
     pub async fn start(backends: Vec<SocketAddr>) -> Balancer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind balancer");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind balancer");
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(Mutex::new(backends));
         let handed = Arc::new(Mutex::new(Vec::new()));

@@ -97,18 +97,25 @@ impl RedisServer {
         };
         let port = self.port.to_string();
         let mut cmd = Command::new(binary());
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.log_path())
-            .args(["--daemonize", "no", "--save", ""])
-            .args(["--appendonly", appendonly, "--appendfsync", fsync])
-            // The test machine is small: no background rewrite in the middle of a test.
-            .args(["--auto-aof-rewrite-percentage", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(self.log_path())
+        .args(["--daemonize", "no", "--save", ""])
+        .args(["--appendonly", appendonly, "--appendfsync", fsync])
+        // The test machine is small: no background rewrite in the middle of a test.
+        .args(["--auto-aof-rewrite-percentage", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start `{}` ({e}): the cluster tests need redis-server 7 \
