@@ -126,7 +126,7 @@ impl AppState {
         Ok((info, principal))
     }
 
-    /// Whether `doc` is loaded or was ever stored.
+    /// Whether `doc` is loaded or was ever stored (here, or in cluster mode in Redis).
     pub async fn document_exists(&self, doc: &str) -> Result<bool, ApiError> {
         if self.registry.loaded(doc).is_some() {
             return Ok(true);
@@ -138,13 +138,26 @@ impl AppState {
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
-        match stats {
-            Ok(s) => Ok(s.is_some()),
-            Err(e) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )),
+        let local = match stats {
+            Ok(s) => s.is_some(),
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    e.to_string(),
+                ))
+            }
+        };
+        // Cluster mode: a document this node never hosted may live in Redis.
+        match self.registry.cluster() {
+            Some(cluster) if !local => cluster.document_exists(doc).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    format!("cannot tell whether the document exists: {e}"),
+                )
+            }),
+            _ => Ok(local),
         }
     }
 }

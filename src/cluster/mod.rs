@@ -300,6 +300,19 @@ impl Cluster {
         });
     }
 
+    /// Whether Redis holds anything of the document (its log or its snapshot).
+    pub async fn document_exists(&self, doc: &str) -> Result<bool, ClusterError> {
+        let keys = Keys::new(doc);
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&keys.updates)
+            .arg(&keys.snapshot)
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| self.note_error(e))?;
+        Ok(n > 0)
+    }
+
     /// Reads the room's snapshot and tail atomically.
     pub(crate) async fn join(&self, doc: &str) -> Result<JoinReply, ClusterError> {
         let keys = Keys::new(doc);

@@ -194,26 +194,29 @@ impl Room {
         }
 
         let doc = self.awareness.doc().clone();
-        let had_state = !doc.transact().state_vector().is_empty();
-        // 1. What does our document hold that Redis lacks (the outbox, state cached before
-        //    Redis lost it, edits of a degraded period)?
-        let missing = if had_state {
-            guarded("comparing with the shared log", || {
+        // Anything local at all: the cache, the outbox (whose updates may still be pending in
+        // yrs, waiting for the earlier ones that only Redis has), live edits.
+        let had_state = !doc.transact().state_vector().is_empty()
+            || self.cluster.as_ref().is_some_and(|c| c.outbox_entries > 0)
+            || doc.transact().has_missing_updates();
+        // 1. Redis' state on a scratch document (to know what Redis lacks afterwards).
+        let scratch = if had_state {
+            match guarded("reading the shared log", || {
                 let scratch = Doc::new();
                 merge_into(&scratch, &records);
-                let theirs = scratch.transact().state_vector();
-                let diff = doc.transact().encode_state_as_update_v1(&theirs);
-                merge_into(&scratch, &[&diff]).map(|_| diff)
-            })
-            .unwrap_or_else(|e| {
-                // Cannot tell: send the whole state (a CRDT merges duplicates away).
-                warn!(error = %e, "sending the whole document instead of a diff");
-                self.encode_state(&StateVector::default())
-            })
+                scratch
+            }) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.poisoned.get_or_insert(e);
+                    return;
+                }
+            }
         } else {
             None
         };
-        // 2. Take in Redis' state; connected clients get what changed.
+        // 2. Take in Redis' state (this also integrates outbox updates that waited for it);
+        //    connected clients get what changed.
         match guarded("applying the shared log", || merge_into(&doc, &records)) {
             Ok(Some(update)) if !self.peers.is_empty() => self.post.push(Post::Broadcast {
                 origin: None,
@@ -225,6 +228,20 @@ impl Room {
                 return;
             }
         }
+        // What our document now holds that Redis lacks (the outbox, state cached before Redis
+        // lost it, edits of a degraded period), if it adds anything to Redis' state.
+        let missing = scratch.and_then(|scratch| {
+            guarded("comparing with the shared log", || {
+                let theirs = scratch.transact().state_vector();
+                let diff = doc.transact().encode_state_as_update_v1(&theirs);
+                merge_into(&scratch, &[&diff]).map(|_| diff)
+            })
+            .unwrap_or_else(|e| {
+                // Cannot tell: send the whole state (a CRDT merges duplicates away).
+                warn!(error = %e, "sending the whole document instead of a diff");
+                self.encode_state(&StateVector::default())
+            })
+        });
         // 3. Give Redis what it lacks.
         if let Some(diff) = missing {
             let bytes = diff.len();
