@@ -50,7 +50,8 @@ start_redis() {
   mkdir -p "$TMP/redis"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMP/redis" --save "" \
     --appendonly yes --appendfsync everysec --logfile "$OUT/redis.log" &
-  PIDS+=($!)
+  REDIS_PID=$!
+  PIDS+=($REDIS_PID)
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return; sleep 0.1; done
   echo "redis did not start" >&2; exit 1
 }
@@ -106,6 +107,7 @@ single_vs_cluster() { # scenario-name bench-args...
   done
   bench "$sc 3 nodes" --url "$urls" --server-pid "${pids[0]}" "$@"
   node_stats "$sc 3 nodes" "${pids[@]}"
+  node_stats "$sc redis" "$REDIS_PID"
   stop_all
 }
 
