@@ -543,10 +543,10 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
 // c. kill -9 of one node under write load
 // ---------------------------------------------------------------------------------------------
 
-/// Ack writers on each node and an observer per node; n3 gets SIGKILL while they write. Of
-/// n3's two ack writers one stays away afterwards (so what it had acked must already be in
-/// Redis: nothing resends it) and one reconnects to n1 and keeps writing, as a
-/// WebsocketProvider behind a load balancer would. At the end every surviving node, a new node
+/// Ack writers on each node and an observer per node; n3 gets SIGKILL while they write (after
+/// 1-3 s, at random). Of n3's two ack writers one stays away afterwards (so what it had acked
+/// must already be in Redis: nothing resends it) and one reconnects to n1 and keeps writing, as
+/// a WebsocketProvider behind a load balancer would. At the end every surviving node, a new node
 /// and n3 restarted on its data directory hold everything acked, everything any observer (n3's
 /// too) had received, and the whole document of every writer still connected; and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,9 +587,11 @@ async fn kill_9_of_a_node_under_load_loses_nothing() {
                 stop.clone(),
             )));
         }
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // A different moment each run (mid-batch, mid-compaction, ...); printed for a rerun.
+        let kill_after = Duration::from_millis(rand::random_range(1000..3000));
+        tokio::time::sleep(kill_after).await;
         c.kill9(2);
-        eprintln!("SIGKILL n3 after 2 s of writing");
+        eprintln!("SIGKILL n3 after {} ms of writing", kill_after.as_millis());
         tokio::time::sleep(Duration::from_millis(3000)).await;
         stop.cancel();
         let writers = join_all(ws, "writers").await;
