@@ -925,6 +925,10 @@ async fn redis_flushall_under_load_loses_nothing() {
                 }
                 v
             };
+            if before.iter().any(|v| *v > 1.0) {
+                eprintln!("more than one join before any fault: {before:?}");
+                c.print_warnings(10);
+            }
             c.redis.flushall();
             eprintln!("FLUSHALL; rejoins before: {before:?}");
             load.pairs_work("after-flush-local").await;
