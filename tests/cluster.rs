@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster::peer::{self, content, keys, merge_sv, sv_covers, union_doc, Peer};
+use cluster::proxy::Balancer;
 use cluster::redis::{Persistence, RedisServer};
 use cluster::{
     assert_has_keys, fresh_reader, get_json, observer, write_acked, writer, writer_with, Cluster,
@@ -259,6 +260,93 @@ async fn js_clients_on_three_nodes_converge_and_see_each_other() {
     .await;
 }
 
+/// Three `WebsocketProvider`s behind a round-robin TCP balancer (one lands on each node) edit
+/// continuously; n3 gets SIGKILL after 2 s. The provider that was on n3 reconnects through the
+/// same URL to a live node and syncs its edits; all three end with every key of every client
+/// (failover.mjs checks that), and so do n1, n2 and n3 restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_clients_behind_a_balancer_fail_over_when_a_node_dies() {
+    let _serial = SERIAL.lock().await;
+    support::js_dir();
+    let mut c = Cluster::start(RedisServer::start(Persistence::AofAlways), 3, 3, "");
+    let room = "wedding-failover-js";
+    within(Duration::from_secs(120), "js failover scenario", async {
+        let lb = Balancer::start((0..3).map(|i| c.node(i).addr).collect()).await;
+        let base = lb.base();
+        let script = tokio::spawn(async move {
+            support::node(
+                "failover.mjs",
+                &base,
+                room,
+                &[
+                    "--clients",
+                    "3",
+                    "--duration-ms",
+                    "6000",
+                    "--pace-ms",
+                    "20",
+                    "--timeout-ms",
+                    "50000",
+                ],
+            )
+            .await
+        });
+        // Wait until each node has one of the three providers, then let them write a while.
+        let killed = c.node(2).addr;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while lb.handed.lock().unwrap().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the three providers did not connect through the balancer: {:?}",
+                lb.handed.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.kill9(2);
+        eprintln!("SIGKILL n3 ({killed}) under the JS clients");
+        let out = within(Duration::from_secs(70), "failover.mjs", script)
+            .await
+            .expect("node task");
+        eprintln!(
+            "failover.mjs: {out}; balancer handed {:?}",
+            lb.handed.lock().unwrap()
+        );
+        let clients = out["clients"].as_array().expect("clients");
+        assert!(
+            clients
+                .iter()
+                .any(|c| c["connects"].as_u64().unwrap_or(0) >= 2),
+            "a provider reconnected after the kill: {out}"
+        );
+        let mut keys = BTreeSet::new();
+        for (i, cl) in clients.iter().enumerate() {
+            for k in 0..cl["written"].as_u64().expect("written") {
+                keys.insert(format!("js{i}-{k}"));
+            }
+        }
+        assert_eq!(keys.len() as u64, out["keys"].as_u64().unwrap());
+        let mut sv = StateVector::default();
+        for (id, clock) in out["stateVector"].as_object().expect("stateVector") {
+            sv.set_max(
+                yrs::ClientID::new(id.parse().expect("client id")),
+                clock.as_u64().expect("clock") as u32,
+            );
+        }
+        let e = Expected {
+            acked: BTreeSet::new(),
+            keys,
+            sv,
+        };
+        for i in [0, 1] {
+            check_node(&c, i, room, &e, None, "after the JS failover").await;
+        }
+        c.start_node(2);
+        check_node(&c, 2, room, &e, None, "n3 restarted after the JS failover").await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // b. late join after compaction; offline edits sent to another node
 // ---------------------------------------------------------------------------------------------
@@ -455,10 +543,10 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
 // c. kill -9 of one node under write load
 // ---------------------------------------------------------------------------------------------
 
-/// Ack writers on each node and an observer per node; n3 gets SIGKILL while they write. Of
-/// n3's two ack writers one stays away afterwards (so what it had acked must already be in
-/// Redis: nothing resends it) and one reconnects to n1 and keeps writing, as a
-/// WebsocketProvider behind a load balancer would. At the end every surviving node, a new node
+/// Ack writers on each node and an observer per node; n3 gets SIGKILL while they write (after
+/// 1-3 s, at random). Of n3's two ack writers one stays away afterwards (so what it had acked
+/// must already be in Redis: nothing resends it) and one reconnects to n1 and keeps writing, as
+/// a WebsocketProvider behind a load balancer would. At the end every surviving node, a new node
 /// and n3 restarted on its data directory hold everything acked, everything any observer (n3's
 /// too) had received, and the whole document of every writer still connected; and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,9 +587,11 @@ async fn kill_9_of_a_node_under_load_loses_nothing() {
                 stop.clone(),
             )));
         }
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // A different moment each run (mid-batch, mid-compaction, ...); printed for a rerun.
+        let kill_after = Duration::from_millis(rand::random_range(1000..3000));
+        tokio::time::sleep(kill_after).await;
         c.kill9(2);
-        eprintln!("SIGKILL n3 after 2 s of writing");
+        eprintln!("SIGKILL n3 after {} ms of writing", kill_after.as_millis());
         tokio::time::sleep(Duration::from_millis(3000)).await;
         stop.cancel();
         let writers = join_all(ws, "writers").await;
@@ -757,19 +847,18 @@ async fn redis_outage(persistence: Persistence, doc: &str) {
                 "redis restarted ({persistence:?}): DBSIZE {}",
                 c.redis.dbsize()
             );
-            for i in 0..3 {
+            for (i, was) in before.iter().copied().enumerate() {
                 let (v, ok) = c
                     .wait_metric(i, UP, Duration::from_secs(20), |v| v == 1.0)
                     .await;
                 assert!(ok, "n{}: {UP} = {v} 20 s after Redis came back", i + 1);
                 let (v, ok) = c
-                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
+                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > was)
                     .await;
                 assert!(
                     ok,
-                    "n{}: {REJOINS} = {v} (was {}) after Redis came back",
-                    i + 1,
-                    before[i]
+                    "n{}: {REJOINS} = {v} (was {was}) after Redis came back",
+                    i + 1
                 );
             }
         }
@@ -836,19 +925,18 @@ async fn redis_flushall_under_load_loses_nothing() {
                 }
                 v
             };
+            if before.iter().any(|v| *v > 1.0) {
+                eprintln!("more than one join before any fault: {before:?}");
+                c.print_warnings(10);
+            }
             c.redis.flushall();
             eprintln!("FLUSHALL; rejoins before: {before:?}");
             load.pairs_work("after-flush-local").await;
-            for i in 0..3 {
+            for (i, was) in before.iter().copied().enumerate() {
                 let (v, ok) = c
-                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > before[i])
+                    .wait_metric(i, REJOINS, Duration::from_secs(20), |v| v > was)
                     .await;
-                assert!(
-                    ok,
-                    "n{}: {REJOINS} = {v} (was {}) after FLUSHALL",
-                    i + 1,
-                    before[i]
-                );
+                assert!(ok, "n{}: {REJOINS} = {v} (was {was}) after FLUSHALL", i + 1);
             }
         }
         let (e, union) = finish_load(load).await;
@@ -872,6 +960,17 @@ async fn redis_flushall_under_load_loses_nothing() {
 /// (reading Redis only), n2 and n3 then hold all 600 acked updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
+    outbox_after_node_kill(false).await;
+}
+
+/// As `outbox_acked_while_redis_down_survives_kill_9_of_the_node`, but n1 restarts while Redis
+/// is still down (it opens the room from its outbox, degraded) and Redis comes back 2 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_of_a_node_restarted_while_redis_is_down_reaches_redis_when_it_returns() {
+    outbox_after_node_kill(true).await;
+}
+
+async fn outbox_after_node_kill(node_before_redis: bool) {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(
         RedisServer::start(Persistence::AofAlways),
@@ -903,9 +1002,18 @@ async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
         let acked = w.acked.clone();
         drop(w);
         c.kill9(0);
-        eprintln!("n1 killed with 300 updates in its outbox; restarting Redis");
-        c.redis.restart();
-        c.start_node(0);
+        if node_before_redis {
+            eprintln!("n1 killed with 300 updates in its outbox; restarting n1, then Redis");
+            c.start_node(0);
+            let (v, ok) = c.wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0).await;
+            assert!(ok, "restarted n1: {UP} = {v} while Redis is down");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.redis.restart();
+        } else {
+            eprintln!("n1 killed with 300 updates in its outbox; restarting Redis, then n1");
+            c.redis.restart();
+            c.start_node(0);
+        }
         // Redis itself (through n4, which starts now and never saw the room), the nodes that
         // were up all along, and n1: each must end with all 600 updates. Every node is asked
         // before any verdict, so a failure says which of them lack what.
@@ -954,6 +1062,118 @@ async fn outbox_acked_while_redis_down_survives_kill_9_of_the_node() {
         );
         let (v, ok) = c.wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0).await;
         assert!(ok, "n1 (restarted): {OUTBOX} = {v}: its outbox drains into Redis");
+    })
+    .await;
+}
+
+/// A bounded outbox: with `outbox_max_bytes = 16384` and Redis down, a writer on n1 is closed
+/// with 1013 once the outbox is full, while a reader on n1 stays connected. What was acked
+/// reaches Redis once it is back (a node on which the writer never was serves it), and the
+/// writer, reconnecting to n2, hands over the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbox_closes_writers_with_1013_and_keeps_what_it_acked() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        2,
+        2,
+        "redis_timeout = 1\nhealth_interval = 0.25\noutbox_max_bytes = 16384\n",
+    );
+    let doc = "wedding-outbox-full";
+    within(Duration::from_secs(120), "full outbox scenario", async {
+        let mut w = Peer::connect("writer", &c.url(0, doc), true).await;
+        let mut reader = Peer::connect("reader-n1", &c.url(0, doc), false).await;
+        write_acked(&mut w, "w", 0..50).await;
+        c.redis.kill9();
+        let (v, ok) = c
+            .wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0)
+            .await;
+        assert!(ok, "n1: {UP} = {v} 10 s after Redis died");
+        // Write until the node refuses (each key ~30 bytes: 16 KiB is a few hundred updates).
+        let mut i = 50u64;
+        let closed = loop {
+            if i > 5000 {
+                break None;
+            }
+            while w.unacked() >= peer::ACK_WINDOW {
+                if w.pump(Duration::from_secs(10)).await.is_err() {
+                    break;
+                }
+            }
+            if !w.is_connected() {
+                break w.last_end.clone();
+            }
+            let _ = w.insert(format!("w-{i}"), i as i64).await;
+            i += 1;
+            while let Ok(Some(_)) = w.pump(Duration::ZERO).await {}
+        };
+        // Let the reader take what n1 relayed.
+        reader.drain(Duration::from_millis(500)).await;
+        eprintln!(
+            "writer: {} sent, {} acked, closed: {closed:?}; n1 {OUTBOX} = {}",
+            i,
+            w.acked.len(),
+            c.metrics(0).await.get(OUTBOX)
+        );
+        let closed =
+            closed.expect("the writer was closed before 5000 updates with a 16 KiB outbox");
+        assert!(
+            closed.contains("1013"),
+            "closed with 1013 (try again later): {closed}"
+        );
+        assert!(
+            reader.is_connected(),
+            "a reader of n1 is not closed by a full outbox ({:?})",
+            reader.last_end
+        );
+        assert!(
+            w.acked.len() > 50,
+            "updates were acked from the outbox before it filled"
+        );
+        let acked = w.acked.clone();
+        assert_has_keys(
+            "n1's reader: what was acked while Redis was down",
+            &reader.keys(),
+            &acked,
+        );
+
+        c.redis.restart();
+        let (v, ok) = c
+            .wait_metric(0, OUTBOX, Duration::from_secs(20), |v| v == 0.0)
+            .await;
+        assert!(
+            ok,
+            "n1: {OUTBOX} = {v}: the outbox drains once Redis is back"
+        );
+        let e = Expected {
+            keys: acked.clone(),
+            acked: acked.clone(),
+            sv: StateVector::default(),
+        };
+        check_node(&c, 1, doc, &e, None, "acked from the outbox, read on n2").await;
+
+        // The writer comes back on n2: its unacked edits go up with the sync.
+        w.try_connect(&c.url(1, doc))
+            .await
+            .expect("writer reconnects to n2");
+        assert!(
+            w.wait_all_acked(Duration::from_secs(10)).await,
+            "the resync is acked"
+        );
+        let e = Expected {
+            keys: w.keys(),
+            acked,
+            sv: w.state_vector(),
+        };
+        check_node(
+            &c,
+            0,
+            doc,
+            &e,
+            Some(&w.doc),
+            "after the writer resynced through n2",
+        )
+        .await;
     })
     .await;
 }

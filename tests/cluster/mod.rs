@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod peer;
+pub mod proxy;
 pub mod redis;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -192,6 +193,27 @@ impl Cluster {
             out.push('\n');
         }
         out
+    }
+
+    /// Prints each node's WARN/ERROR lines and lines about (re-)joins (up to `max` per node;
+    /// the open-mode warning skipped): what the nodes went through in a scenario that passed.
+    pub fn print_warnings(&self, max: usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = self.logs(i);
+            let warn: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    (l.contains("WARN") || l.contains("ERROR")) && !l.contains("no JWT key")
+                })
+                .collect();
+            if warn.is_empty() {
+                continue;
+            }
+            eprintln!("  node {}: {} WARN/ERROR/join lines", n.id, warn.len());
+            for l in warn.iter().take(max) {
+                eprintln!("    {l}");
+            }
+        }
     }
 
     /// `/metrics` of node `i`, parsed.
