@@ -228,7 +228,8 @@ impl Cluster {
         metrics::gauge!("wedsync_cluster_degraded_rooms").set(n as f64);
     }
 
-    /// A room started on this node (not joined yet).
+    /// A room started on this node (joining now: not degraded unless that join fails, so the
+    /// health loop does not ask it to join a second time).
     pub(crate) fn attach(&self, doc: &str, generation: u64, tx: mpsc::WeakSender<RoomCmd>) {
         let mut rooms = self.rooms();
         rooms.insert(
@@ -237,7 +238,7 @@ impl Cluster {
                 generation,
                 tx,
                 epoch: None,
-                degraded: true,
+                degraded: false,
             },
         );
         Self::count_degraded(&rooms);

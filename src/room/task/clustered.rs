@@ -82,6 +82,8 @@ pub(super) struct ClusterRoom {
     outbox_bytes: u64,
     /// Awareness client ids of other nodes' clients.
     remote: HashMap<ClientID, RemoteClient>,
+    /// A join succeeded before (later ones count as re-joins).
+    joined_once: bool,
 }
 
 /// Owner recorded for awareness ids of other nodes (no local connection has this id).
@@ -104,6 +106,7 @@ impl ClusterRoom {
             outbox_entries: 0,
             outbox_bytes: 0,
             remote: HashMap::new(),
+            joined_once: false,
         }
     }
 
@@ -180,7 +183,11 @@ impl Room {
                 return;
             }
         };
-        metrics::counter!("wedsync_cluster_rejoins_total").increment(1);
+        if let Some(cs) = self.cluster.as_mut() {
+            if std::mem::replace(&mut cs.joined_once, true) {
+                metrics::counter!("wedsync_cluster_rejoins_total").increment(1);
+            }
+        }
         let mut records: Vec<&[u8]> = Vec::with_capacity(reply.tail.len() + 1);
         if !reply.snapshot.is_empty() {
             records.push(&reply.snapshot);
