@@ -767,6 +767,22 @@ impl Room {
         self.ctx.flusher.append(self.name.clone(), raws, durable)
     }
 
+    /// Replaces the local snapshot with `snapshot` (the whole state) and drops the local log
+    /// entries it covers (up to `last_seq`), on the blocking pool. Not durable until flushed.
+    fn store_snapshot(
+        &self,
+        snapshot: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let store = self.ctx.store.clone();
+        let name = self.name.clone();
+        let upto = self.last_seq;
+        async move {
+            tokio::task::spawn_blocking(move || store.compact(&name, &snapshot, upto))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())))
+        }
+    }
+
     /// Waits for the group-commit flush. On failure the room gives up its in-memory state
     /// (which may now hold updates the disk does not) and unloads; clients resync on reconnect.
     /// In strict mode every append of the commit was already answered after its fsync
@@ -931,13 +947,7 @@ impl Room {
             return;
         };
         let snapshot_bytes = snapshot.len() as u64;
-        let store = self.ctx.store.clone();
-        let name = self.name.clone();
-        let upto = self.last_seq;
-        let res = tokio::task::spawn_blocking(move || store.compact(&name, &snapshot, upto))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
-        match res {
+        match self.store_snapshot(snapshot).await {
             Ok(()) => {
                 debug!(
                     entries = self.log_entries,
@@ -1037,6 +1047,18 @@ impl Room {
             }
             accepted.clients.insert(id, entry);
         }
+        self.relay_awareness(accepted, Some(conn), true);
+    }
+
+    /// Applies accepted awareness entries and relays what changed to every local client but
+    /// `except`; with `publish`, also to the other nodes (cluster mode: changes of this node's
+    /// own clients).
+    fn relay_awareness(
+        &mut self,
+        accepted: AwarenessUpdate,
+        except: Option<ConnId>,
+        publish: bool,
+    ) {
         if accepted.clients.is_empty() {
             return;
         }
@@ -1044,12 +1066,14 @@ impl Room {
             Ok(Some(summary)) => {
                 let changed = summary.all_changes();
                 if let Ok(update) = self.awareness.update_with_clients(changed) {
-                    self.publish_awareness(&update);
-                    self.broadcast_awareness(Some(conn), update);
+                    if publish {
+                        self.publish_awareness(&update);
+                    }
+                    self.broadcast_awareness(except, update);
                 }
             }
             Ok(None) => {}
-            Err(e) => debug!(conn, error = %e, "awareness update not applied"),
+            Err(e) => debug!(error = %e, "awareness update not applied"),
         }
     }
 

@@ -414,13 +414,7 @@ impl Room {
         let Some(snapshot) = self.encode_state(&StateVector::default()) else {
             return;
         };
-        let store = self.ctx.store.clone();
-        let name = self.name.clone();
-        let upto = self.last_seq;
-        let res = tokio::task::spawn_blocking(move || store.compact(&name, &snapshot, upto))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
-        match res {
+        match self.store_snapshot(snapshot).await {
             Ok(()) => {
                 if let Some(cs) = self.cluster.as_mut() {
                     cs.cluster.outbox_release(cs.outbox_bytes);
@@ -519,19 +513,7 @@ impl Room {
             }
             accepted.clients.insert(id, entry);
         }
-        if accepted.clients.is_empty() {
-            return;
-        }
-        match self.awareness.apply_update_summary(accepted) {
-            Ok(Some(summary)) => {
-                let changed = summary.all_changes();
-                if let Ok(update) = self.awareness.update_with_clients(changed) {
-                    self.broadcast_awareness(None, update);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "remote awareness not applied"),
-        }
+        self.relay_awareness(accepted, None, false);
     }
 
     /// Publishes an awareness change of this node's clients (ids other nodes own are left
