@@ -7,6 +7,8 @@
 #   c1: 3,000 conns / 300 rooms / 1 writer / 5 upd/s: single node (sled, strict) vs 3 nodes
 #   c2: hot room, 500 conns / 1 room / 5 writers x 10/s: single node vs 3 nodes
 #   c3: idle connections, C3_CONNS per node (default 15000) on 3 nodes, one generator each
+#   c4: c1's load on 3 nodes with [cluster] read_coalesce = 0 and then 0.002 (the default):
+#       Redis CPU vs cross-node latency
 #   (default: c1 c2 c3)
 # Env: OUT (default target/bench-results/cluster-DATE), DUR (measured seconds, default 10).
 # Writes OUT/results.jsonl (wedsync-bench JSON lines, labelled) and OUT/nodes.txt (RSS/CPU).
@@ -58,13 +60,31 @@ start_redis() {
 
 printf '[limits]\nmax_connections = 20000\nmax_connections_per_ip = 20000\nupdate_rate = 100000\nupdate_burst = 200000\n' > "$TMP/bench.toml"
 
+# three_nodes LABEL CLUSTER_TOML_LINES bench-args...: one run on three fresh cluster nodes
+three_nodes() {
+  local label=$1 extra=$2; shift 2
+  start_redis
+  cat "$TMP/bench.toml" > "$TMP/bench-cluster.toml"
+  printf '[cluster]\n%s\n' "$extra" >> "$TMP/bench-cluster.toml"
+  local urls="" pids=()
+  for n in a b c; do
+    read -r pid port < <(NODE_CONFIG="$TMP/bench-cluster.toml" start_node "$n" --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "$n")
+    PIDS+=("$pid")
+    urls="$urls${urls:+,}ws://127.0.0.1:$port"; pids+=("$pid")
+  done
+  bench "$label" --url "$urls" --server-pid "${pids[0]}" "$@"
+  node_stats "$label" "${pids[@]}"
+  node_stats "$label redis" "$REDIS_PID"
+  stop_all
+}
+
 # start_node NAME [--redis ...] -> prints "PID PORT" (runs in a subshell: callers add the
 # PID to PIDS themselves)
 start_node() {
   local name=$1; shift
   local port; port=$(free_port)
   "$BIN/wedsync" serve --listen 127.0.0.1:"$port" --data-dir "$TMP/data-$name" \
-    --config "$TMP/bench.toml" "$@" > "$OUT/$name.log" 2>&1 &
+    --config "${NODE_CONFIG:-$TMP/bench.toml}" "$@" > "$OUT/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { echo "$pid $port"; return; }
@@ -129,6 +149,12 @@ for sc in "${SCENARIOS[@]}"; do
       for g in "${gens[@]}"; do wait "$g"; done
       cat "$TMP"/c3-*.jsonl | tee -a "$RESULTS"
       stop_all
+      ;;
+    c4)
+      for co in 0 0.002; do
+        three_nodes "c4 3 nodes read_coalesce=$co" "read_coalesce = $co" \
+          --conns 3000 --rooms 300 --writers 1 --rate 5 --src-ips 4
+      done
       ;;
     *) echo "unknown scenario $sc" >&2; exit 2 ;;
   esac

@@ -185,6 +185,12 @@ pub struct ClusterTuning {
     /// How often a node checks that Redis is up and kept its data (seconds).
     #[serde(with = "humantime_secs")]
     pub health_interval: Duration,
+    /// After a stream read that returned entries, wait this long before the next read
+    /// (seconds; default 0.002). Trades cross-node latency for Redis CPU: each read of a
+    /// node's reader costs Redis work in proportion to the number of rooms the node hosts
+    /// (measured: -63 % Redis CPU for +0.5 ms p50 at 300 rooms, docs/benchmarks.md c4).
+    #[serde(with = "humantime_secs")]
+    pub read_coalesce: Duration,
 }
 
 impl Default for ClusterTuning {
@@ -198,6 +204,7 @@ impl Default for ClusterTuning {
             outbox_max_bytes: 64 * 1024 * 1024,
             redis_timeout: Duration::from_secs(2),
             health_interval: Duration::from_millis(500),
+            read_coalesce: Duration::from_millis(2),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! may legitimately wait). Entries of this process are skipped (the room applied them before
 //! appending); the rest go to their room in stream order, with the cursor the room may
 //! compact up to. A `trim` marker newer than a room's cursor means the reader fell behind a
-//! compaction: the room re-joins from the snapshot.
+//! compaction: the room re-joins from the snapshot. After a read that returned entries it waits
+//! `read_coalesce` before the next, so more entries share one read (each read costs Redis work
+//! per stream key).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,6 +196,8 @@ pub(super) async fn run(
                     }
                 }
             }
+            let coalesce = cluster.tuning.read_coalesce;
+            let got_entries = !batches.is_empty();
             for (doc, batch) in batches {
                 let Some(room) = rooms.get(&doc) else {
                     continue;
@@ -210,6 +214,12 @@ pub(super) async fn run(
                     continue;
                 }
                 metrics::counter!("wedsync_cluster_remote_updates_total").increment(n);
+            }
+            if got_entries && !coalesce.is_zero() {
+                tokio::select! {
+                    _ = cluster.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(coalesce) => {}
+                }
             }
         }
     }
