@@ -40,9 +40,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{ClusterSettings, ClusterTuning};
 use crate::room::RoomCmd;
-use scripts::{JoinReply, Keys};
+use scripts::JoinReply;
 
-pub(crate) use scripts::Entry;
+pub(crate) use scripts::{Entry, Keys};
 
 /// Errors talking to Redis.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,6 +81,8 @@ struct RoomEntry {
     tx: mpsc::WeakSender<RoomCmd>,
     /// Epoch the room joined under; `None` until joined.
     epoch: Option<String>,
+    /// Its key (checked every health tick).
+    epoch_key: String,
     /// The room is not joined (Redis was unreachable); it wants a re-join when Redis is up.
     degraded: bool,
 }
@@ -238,6 +240,7 @@ impl Cluster {
                 generation,
                 tx,
                 epoch: None,
+                epoch_key: Keys::new(doc).epoch,
                 degraded: false,
             },
         );
@@ -315,8 +318,7 @@ impl Cluster {
     }
 
     /// Reads the room's snapshot and tail atomically.
-    pub(crate) async fn join(&self, doc: &str) -> Result<JoinReply, ClusterError> {
-        let keys = Keys::new(doc);
+    pub(crate) async fn join(&self, keys: &Keys) -> Result<JoinReply, ClusterError> {
         let mut conn = self.conn.clone();
         let value: redis::Value = self
             .join
@@ -331,15 +333,18 @@ impl Cluster {
     }
 
     /// Appends validated updates to the room's stream; returns once Redis accepted them all.
-    pub(crate) async fn append(&self, doc: &str, updates: &[Vec<u8>]) -> Result<(), ClusterError> {
+    pub(crate) async fn append(
+        &self,
+        keys: &Keys,
+        updates: &[Vec<u8>],
+    ) -> Result<(), ClusterError> {
         if updates.is_empty() {
             return Ok(());
         }
-        let key = Keys::new(doc).updates;
         let mut pipe = redis::pipe();
         for u in updates {
             pipe.cmd("XADD")
-                .arg(&key)
+                .arg(&keys.updates)
                 .arg("*")
                 .arg("n")
                 .arg(&self.instance)
@@ -368,11 +373,10 @@ impl Cluster {
     /// Compacts the room's stream into `snapshot` (which holds every entry up to `upto`).
     pub(crate) async fn compact(
         &self,
-        doc: &str,
+        keys: &Keys,
         snapshot: &[u8],
         upto: &str,
     ) -> Result<Compacted, ClusterError> {
-        let keys = Keys::new(doc);
         let token = format!("{}:{}", self.instance, random_hex(8));
         let mut conn = self.conn.clone();
         let lease_ms = (self.tuning.redis_timeout.as_millis() as u64 * 10).max(10_000);
@@ -414,9 +418,9 @@ impl Cluster {
 
     /// Publishes an awareness change of this node's clients (best effort, in order: a lost
     /// change is repaired by the client's next renewal).
-    pub(crate) fn publish_awareness(&self, doc: &str, update: Vec<u8>, presence: String) {
+    pub(crate) fn publish_awareness(&self, keys: &Keys, update: Vec<u8>, presence: String) {
         let out = AwarenessOut {
-            key: Keys::new(doc).awareness,
+            key: keys.awareness.clone(),
             update,
             presence,
         };
@@ -489,20 +493,20 @@ async fn health_loop(cluster: Arc<Cluster>) {
             metrics::gauge!("wedsync_cluster_redis_up").set(1.0);
         }
         // Epochs of joined rooms: a missing or different epoch means Redis lost the room.
-        let joined: Vec<(String, String)> = cluster
+        let joined: Vec<(String, String, String)> = cluster
             .rooms()
             .iter()
-            .filter_map(|(doc, r)| Some((doc.clone(), r.epoch.clone()?)))
+            .filter_map(|(doc, r)| Some((doc.clone(), r.epoch_key.clone(), r.epoch.clone()?)))
             .collect();
         let mut lost: Vec<String> = Vec::new();
         if !joined.is_empty() {
             let mut pipe = redis::pipe();
-            for (doc, _) in &joined {
-                pipe.get(Keys::new(doc).epoch);
+            for (_, key, _) in &joined {
+                pipe.get(key);
             }
             match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
                 Ok(epochs) => {
-                    for ((doc, want), got) in joined.iter().zip(epochs) {
+                    for ((doc, _, want), got) in joined.iter().zip(epochs) {
                         if got.as_deref() != Some(want.as_str()) {
                             lost.push(doc.clone());
                         }

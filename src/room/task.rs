@@ -154,7 +154,12 @@ async fn run_inner(
     let loaded = load(&name, &ctx).await;
     let mut room = Room::new(name.clone(), ctx.clone());
     if let Some(cluster) = &ctx.cluster {
-        room.cluster = Some(clustered::ClusterRoom::new(cluster.clone(), generation, me));
+        room.cluster = Some(clustered::ClusterRoom::new(
+            cluster.clone(),
+            &name,
+            generation,
+            me,
+        ));
     }
     match loaded {
         Ok(stored) => {
@@ -1166,7 +1171,9 @@ impl Room {
                 }
             }
         }
+        // After the removal is relayed: publishing leaves out ids other nodes own.
         self.remove_awareness_states(&stale);
+        self.forget_remote(&stale);
     }
 
     /// The awareness clock: milliseconds since `created` on tokio's clock (see [`Room::new`]).

@@ -19,7 +19,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact};
 
 use super::{guarded, Post, Room};
-use crate::cluster::{Cluster, Compacted, Entry, Follow, RemoteBatch};
+use crate::cluster::{Cluster, Compacted, Entry, Follow, Keys, RemoteBatch};
 use crate::room::{ConnId, PresenceEntry, RoomCmd};
 use crate::store::StoreError;
 
@@ -68,6 +68,8 @@ pub(super) struct RemoteClient {
 /// The room's cluster state.
 pub(super) struct ClusterRoom {
     cluster: Arc<Cluster>,
+    /// The room's Redis keys (made once, used by every append).
+    keys: Arc<Keys>,
     generation: u64,
     me: mpsc::WeakSender<RoomCmd>,
     /// Following the shared log. `false` while Redis is unreachable: updates go to the outbox.
@@ -92,11 +94,13 @@ const REMOTE_OWNER: ConnId = ConnId::MAX;
 impl ClusterRoom {
     pub fn new(
         cluster: Arc<Cluster>,
+        doc: &str,
         generation: u64,
         me: mpsc::WeakSender<RoomCmd>,
     ) -> ClusterRoom {
         ClusterRoom {
             cluster,
+            keys: Arc::new(Keys::new(doc)),
             generation,
             me,
             joined: false,
@@ -174,8 +178,9 @@ impl Room {
             return;
         }
         let cluster = cs.cluster.clone();
+        let keys = cs.keys.clone();
         let generation = cs.generation;
-        let reply = match cluster.join(&self.name).await {
+        let reply = match cluster.join(&keys).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot join the shared log; serving this node's clients from local state");
@@ -252,7 +257,7 @@ impl Room {
         // 3. Give Redis what it lacks.
         if let Some(diff) = missing {
             let bytes = diff.len();
-            if let Err(e) = cluster.append(&self.name, &[diff]).await {
+            if let Err(e) = cluster.append(&keys, &[diff]).await {
                 warn!(error = %e, "cannot hand our state to the shared log; staying degraded");
                 self.set_degraded();
                 return;
@@ -316,8 +321,9 @@ impl Room {
             return Ok(false);
         };
         let cluster = cs.cluster.clone();
+        let keys = cs.keys.clone();
         if cs.joined {
-            match cluster.append(&self.name, &raws).await {
+            match cluster.append(&keys, &raws).await {
                 Ok(()) => {
                     self.log_entries += count;
                     self.log_bytes += bytes;
@@ -375,11 +381,12 @@ impl Room {
             return;
         }
         let cluster = cs.cluster.clone();
+        let keys = cs.keys.clone();
         let upto = cs.cursor.clone();
         let Some(snapshot) = self.encode_state(&StateVector::default()) else {
             return;
         };
-        let outcome = cluster.compact(&self.name, &snapshot, &upto).await;
+        let outcome = cluster.compact(&keys, &snapshot, &upto).await;
         if let Some(cs) = self.cluster.as_mut() {
             // Whatever happened, wait for another threshold's worth before trying again.
             cs.pending_entries = 0;
@@ -516,6 +523,16 @@ impl Room {
         self.relay_awareness(accepted, None, false);
     }
 
+    /// Awareness ids that timed out here: whoever had them on another node is gone from the
+    /// presence list too (the map would otherwise keep every remote id until the room unloads).
+    pub(super) fn forget_remote(&mut self, ids: &[ClientID]) {
+        if let Some(cs) = self.cluster.as_mut() {
+            for id in ids {
+                cs.remote.remove(id);
+            }
+        }
+    }
+
     /// Publishes an awareness change of this node's clients (ids other nodes own are left
     /// out), with who controls each id (for the presence API elsewhere).
     pub(super) fn publish_awareness(&self, update: &AwarenessUpdate) {
@@ -557,7 +574,7 @@ impl Room {
         }
         let presence = serde_json::to_string(&who).unwrap_or_else(|_| "{}".into());
         cs.cluster
-            .publish_awareness(&self.name, local.encode_v1(), presence);
+            .publish_awareness(&cs.keys, local.encode_v1(), presence);
     }
 
     /// Adds people connected to other nodes (one entry per remote connection).
