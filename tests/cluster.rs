@@ -539,6 +539,58 @@ async fn http_reads_on_a_node_that_never_hosted_the_room() {
     .await;
 }
 
+/// On a healthy cluster a room joins exactly once (a health check landing while it loads must
+/// not send it to join again), no room counts as degraded, `/readyz` names the node and says
+/// Redis is up — and, with Redis gone, the node stays ready but says so. A document that
+/// exists neither locally nor in Redis is still a 404 over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_join_once_and_readyz_reports_redis() {
+    let _serial = SERIAL.lock().await;
+    // Health checks every 10 ms, so some land while rooms are loading.
+    let mut c = Cluster::start(
+        RedisServer::start(Persistence::AofAlways),
+        1,
+        1,
+        "health_interval = 0.01\n",
+    );
+    within(Duration::from_secs(60), "join-once scenario", async {
+        let (status, ready) = get_json(&c.http(0, "/readyz")).await;
+        assert_eq!(status, 200, "{ready}");
+        assert_eq!(ready["cluster"]["node"], "n1", "{ready}");
+        let mut peers = Vec::new();
+        for i in 0..20 {
+            let mut p = Peer::connect("p", &c.url(0, &format!("wedding-once-{i}")), true).await;
+            write_acked(&mut p, "k", 0..3).await;
+            peers.push(p);
+        }
+        // Many health intervals with every room loaded.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let m = c.metrics(0).await;
+        assert_eq!(m.get(REJOINS), 0.0, "no room joined twice");
+        assert_eq!(
+            m.get(DEGRADED),
+            0.0,
+            "no room degraded on a healthy cluster"
+        );
+        assert_eq!(m.get(UP), 1.0);
+        let (_, ready) = get_json(&c.http(0, "/readyz")).await;
+        assert_eq!(ready["cluster"]["redis_up"], true, "{ready}");
+        let (status, body) = get_json(&c.http(0, "/api/docs/wedding-nowhere/update")).await;
+        assert_eq!(status, 404, "{body}");
+
+        c.redis.kill9();
+        let (v, ok) = c
+            .wait_metric(0, UP, Duration::from_secs(10), |v| v == 0.0)
+            .await;
+        assert!(ok, "{UP} = {v} after Redis died");
+        let (status, ready) = get_json(&c.http(0, "/readyz")).await;
+        assert_eq!(status, 200, "still ready without Redis: {ready}");
+        assert_eq!(ready["cluster"]["redis_up"], false, "{ready}");
+        drop(peers);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // c. kill -9 of one node under write load
 // ---------------------------------------------------------------------------------------------
