@@ -118,17 +118,7 @@ single_vs_cluster() { # scenario-name bench-args...
   bench "$sc single" --url "ws://127.0.0.1:$port" --server-pid "$pid" "$@"
   node_stats "$sc single" "$pid"
   stop_all
-  start_redis
-  local urls="" pids=()
-  for n in a b c; do
-    read -r pid port < <(start_node "$n" --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "$n")
-    PIDS+=("$pid")
-    urls="$urls${urls:+,}ws://127.0.0.1:$port"; pids+=("$pid")
-  done
-  bench "$sc 3 nodes" --url "$urls" --server-pid "${pids[0]}" "$@"
-  node_stats "$sc 3 nodes" "${pids[@]}"
-  node_stats "$sc redis" "$REDIS_PID"
-  stop_all
+  three_nodes "$sc 3 nodes" "" "$@"
 }
 
 for sc in "${SCENARIOS[@]}"; do
