@@ -7,7 +7,7 @@
 #
 # Usage: bash benches/compare.sh OLD_BINDIR NEW_BINDIR [what...]
 #   OLD_BINDIR/NEW_BINDIR hold `wedsync` and `wedsync-bench` (copies of target/release of each
-#   commit). what: s1 s3 s4 rss cg (default: s1 s3 rss cg). Env: ROUNDS (default 2), RSS_CONNS (19000).
+#   commit). what: s1 s2 s3 s4 rss cg (default: s1 s3 rss cg). Env: ROUNDS (default 2), RSS_CONNS (19000).
 # Prints one line per run; raw files go to OUT (default target/compare/DATE).
 # Needs: perf (software events are enough), valgrind (for cg).
 set -uo pipefail
@@ -78,6 +78,7 @@ load_run() {
 for w in "${WHAT[@]}"; do
   case $w in
     s1) load_run s1 --conns 1000 --rooms 100 --writers 1 --rate 5 --duration 10 --warmup 3 ;;
+    s2) load_run s2 --conns 10000 --rooms 1000 --writers 1 --rate 2 --duration 10 --warmup 5 --src-ips 4 ;;
     s3) load_run s3 --conns 500 --rooms 1 --writers 5 --rate 10 --duration 10 --warmup 3 ;;
     s4)
       # Saturation ramp (as benches/run.sh s4): prints every step (deliveries/s, p99, server CPU).
