@@ -566,18 +566,31 @@ impl Store for SledStore {
         if updates.is_empty() {
             return Ok(last);
         }
-        let mut batch = sled::Batch::default();
-        let mut seq = last;
-        for update in updates {
-            seq += 1;
-            batch.insert(
-                log_key(&prefix, seq),
-                encode_record(RecordKind::LogEntry, seq, update)?,
-            );
+        let seq = last + updates.len() as u64;
+        if let [update] = updates {
+            // One key: a plain insert is atomic. Not a batch: sled 0.34 starts every batch in a
+            // fresh log buffer, so each batch costs a buffer write and a `sync_file_range` of
+            // its own on sled's I/O pool, while plain inserts of a store round share the
+            // round's one flush (run 7 in docs/benchmarks.md).
+            inner
+                .tree
+                .insert(
+                    log_key(&prefix, seq),
+                    encode_record(RecordKind::LogEntry, seq, update)?,
+                )
+                .map_err(from_sled)?;
+        } else {
+            // One batch: either every update of this call is in the log or none is, so a
+            // failed append (e.g. disk full) leaves no gap in the sequence numbers.
+            let mut batch = sled::Batch::default();
+            for (update, seq) in updates.iter().zip(last + 1..) {
+                batch.insert(
+                    log_key(&prefix, seq),
+                    encode_record(RecordKind::LogEntry, seq, update)?,
+                );
+            }
+            inner.tree.apply_batch(batch).map_err(from_sled)?;
         }
-        // One batch: either every update of this call is in the log or none is, so a failed
-        // append (e.g. disk full) leaves no gap in the sequence numbers.
-        inner.tree.apply_batch(batch).map_err(from_sled)?;
         cache.insert(doc.to_owned(), seq);
         Ok(seq)
     }
