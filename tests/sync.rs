@@ -8,8 +8,9 @@ use std::time::Duration;
 use common::*;
 use yrs::sync::{Message, SyncMessage};
 use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact};
+use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
 
 fn text(doc: &Doc) -> String {
     let t = doc.get_or_insert_text("t");
@@ -205,5 +206,95 @@ async fn several_messages_in_one_frame_are_all_handled() {
     a.recv_until(|r| matches!(r, Received::Msg(Message::Sync(SyncMessage::SyncStep2(_)))))
         .await
         .expect("step 2 answer");
+    srv.stop().await;
+}
+
+/// Updates of several writers that a room commits together reach every client as one merged
+/// update without the client's own edits: everyone converges on the exact union, no writer
+/// ever gets its own edits back, and the observer gets frames holding several writers' edits
+/// (fewer frames than updates).
+#[tokio::test]
+async fn a_commit_of_several_writers_is_relayed_merged_and_without_own_edits() {
+    const WRITERS: usize = 6;
+    const EDITS: usize = 60;
+    let srv = TestServer::start().await;
+    let url = srv.url("merged-commits");
+    let mut observer = Client::connect(&url).await;
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(Client::connect(&url).await);
+    }
+    // Every writer sends as fast as it can, all at once: while one commit is being stored the
+    // room queues the others' updates, so commits hold updates of several writers.
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut c)| {
+            tokio::spawn(async move {
+                let t = c.doc.get_or_insert_text("t");
+                for i in 0..EDITS {
+                    c.edit(|txn| t.push(txn, &format!("w{w}-{i};"))).await;
+                    tokio::task::yield_now().await;
+                }
+                c
+            })
+        })
+        .collect();
+    let mut writers = Vec::new();
+    for t in tasks {
+        writers.push(t.await.expect("writer task"));
+    }
+    let total = WRITERS * EDITS;
+    let complete = |d: &Doc| text(d).matches(';').count() == total;
+
+    let mut observer_frames = 0;
+    let mut several_writers = 0;
+    while !complete(&observer.doc) {
+        match observer.recv(STEP).await {
+            Some(Received::Msg(Message::Sync(SyncMessage::Update(u)))) => {
+                observer_frames += 1;
+                let update = Update::decode_v1(&u).expect("valid update");
+                if update.state_vector().iter().count() > 1 {
+                    several_writers += 1;
+                }
+            }
+            Some(Received::Close(c)) => panic!("observer closed: {c:?}"),
+            None => panic!("observer: no update in time"),
+            _ => {}
+        }
+    }
+    let expected = text(&observer.doc);
+    for w in 0..WRITERS {
+        for i in 0..EDITS {
+            assert!(expected.contains(&format!("w{w}-{i};")), "w{w}-{i} missing");
+        }
+    }
+    for (w, c) in writers.iter_mut().enumerate() {
+        let own = c.doc.client_id();
+        while !complete(&c.doc) {
+            match c.recv(STEP).await {
+                Some(Received::Msg(Message::Sync(SyncMessage::Update(u)))) => {
+                    let update = Update::decode_v1(&u).expect("valid update");
+                    assert_eq!(
+                        update.state_vector().get(&own),
+                        0,
+                        "writer {w} received its own edits back"
+                    );
+                }
+                Some(Received::Close(c)) => panic!("writer {w} closed: {c:?}"),
+                None => panic!("writer {w}: no update in time"),
+                _ => {}
+            }
+        }
+        assert_eq!(text(&c.doc), expected, "writer {w} converged on the union");
+    }
+    assert!(
+        several_writers > 0,
+        "no frame held the edits of two writers: commits of several writers were not merged"
+    );
+    assert!(
+        observer_frames < total,
+        "{observer_frames} frames for {total} updates: commits of several writers were not merged"
+    );
     srv.stop().await;
 }

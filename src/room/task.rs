@@ -851,33 +851,19 @@ impl Room {
                     }
                 }
                 Post::Broadcast { origin, update } => {
-                    // A burst from one origin (an offline phone replaying its edits, a batch of
-                    // keystrokes) goes out as one merged update: one frame per subscriber
-                    // instead of one per update, which keeps queues short.
-                    let mut run = vec![update];
-                    while let Some(Post::Broadcast { origin: next, .. }) = posts.peek() {
-                        if *next != origin {
-                            break;
-                        }
-                        if let Some(Post::Broadcast { update, .. }) = posts.next() {
-                            run.push(update);
+                    // Every update of this commit goes out as one merged update per subscriber:
+                    // a burst from one origin (an offline phone replaying its edits, a batch of
+                    // keystrokes) and the edits of several writers that arrived while the
+                    // previous commit was being stored. One frame per subscriber instead of one
+                    // per update keeps queues short and saves a socket write per update at
+                    // every subscriber (and a Yjs transaction at every client).
+                    let mut run = vec![(origin, update)];
+                    while let Some(Post::Broadcast { .. }) = posts.peek() {
+                        if let Some(Post::Broadcast { origin, update }) = posts.next() {
+                            run.push((origin, update));
                         }
                     }
-                    let update = if run.len() == 1 {
-                        run.pop().unwrap_or_default()
-                    } else {
-                        match yrs::merge_updates_v1(&run) {
-                            Ok(merged) => merged,
-                            Err(e) => {
-                                warn!(error = %e, "merging a burst failed; relaying one by one");
-                                for u in &run {
-                                    deliveries += self.broadcast_update(origin, u);
-                                }
-                                continue;
-                            }
-                        }
-                    };
-                    deliveries += self.broadcast_update(origin, &update);
+                    deliveries += self.broadcast_run(run);
                 }
                 Post::GetUpdate { sv, reply } => {
                     let _ =
@@ -890,6 +876,75 @@ impl Room {
         if deliveries > 0 {
             metrics::counter!("wedsync_update_deliveries_total").increment(deliveries);
         }
+    }
+
+    /// Queues the updates of one commit to every subscriber, merged into one update each,
+    /// without the subscriber's own updates: one merge for subscribers that wrote none of them
+    /// and one per writing connection (so a writer never gets its own edits back). Merges run
+    /// only on what this commit holds anyway; nothing waits for more. If yrs refuses a merge
+    /// the updates go out one by one.
+    fn broadcast_run(&mut self, mut run: Vec<(Option<ConnId>, Vec<u8>)>) -> u64 {
+        let mut writers: Vec<ConnId> = run.iter().filter_map(|(o, _)| *o).collect();
+        writers.sort_unstable();
+        writers.dedup();
+        let single_origin = run.iter().all(|(o, _)| *o == run[0].0);
+        if run.len() == 1 || single_origin {
+            let origin = run[0].0;
+            let update = if run.len() == 1 {
+                run.pop().map(|(_, u)| u).unwrap_or_default()
+            } else {
+                let updates: Vec<&[u8]> = run.iter().map(|(_, u)| u.as_slice()).collect();
+                match yrs::merge_updates_v1(&updates) {
+                    Ok(merged) => merged,
+                    Err(e) => return self.broadcast_each(&run, &e.to_string()),
+                }
+            };
+            return self.broadcast_update(origin, &update);
+        }
+        let merge_without = |skip: Option<ConnId>| {
+            let updates: Vec<&[u8]> = run
+                .iter()
+                .filter(|(o, _)| skip.is_none() || *o != skip)
+                .map(|(_, u)| u.as_slice())
+                .collect();
+            yrs::merge_updates_v1(&updates).map(|u| protocol::encode_update(&u))
+        };
+        let everything = match merge_without(None) {
+            Ok(frame) => frame,
+            Err(e) => return self.broadcast_each(&run, &e.to_string()),
+        };
+        let mut for_writer = HashMap::with_capacity(writers.len());
+        for w in writers {
+            if !self.peers.contains_key(&w) {
+                continue;
+            }
+            match merge_without(Some(w)) {
+                Ok(frame) => {
+                    for_writer.insert(w, frame);
+                }
+                Err(e) => return self.broadcast_each(&run, &e.to_string()),
+            }
+        }
+        self.conflicts_dirty = true;
+        let mut delivered = 0;
+        for (id, peer) in &self.peers {
+            let frame = for_writer.get(id).unwrap_or(&everything);
+            if peer.link.send(frame.clone()) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// The fallback of [`Room::broadcast_run`]: one frame per update.
+    fn broadcast_each(&mut self, run: &[(Option<ConnId>, Vec<u8>)], error: &str) -> u64 {
+        warn!(
+            error,
+            "merging a commit's updates failed; relaying them one by one"
+        );
+        run.iter()
+            .map(|(origin, u)| self.broadcast_update(*origin, u))
+            .sum()
     }
 
     /// Encodes an update once and queues the same bytes to every subscriber but its origin.
