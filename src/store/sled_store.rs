@@ -566,30 +566,26 @@ impl Store for SledStore {
         if updates.is_empty() {
             return Ok(last);
         }
-        let seq = last + updates.len() as u64;
-        if let [update] = updates {
-            // One key: a plain insert is atomic. Not a batch: sled 0.34 starts every batch in a
-            // fresh log buffer, so each batch costs a buffer write and a `sync_file_range` of
-            // its own on sled's I/O pool, while plain inserts of a store round share the
-            // round's one flush (run 7 in docs/benchmarks.md).
-            inner
-                .tree
-                .insert(
-                    log_key(&prefix, seq),
-                    encode_record(RecordKind::LogEntry, seq, update)?,
-                )
-                .map_err(from_sled)?;
-        } else {
-            // One batch: either every update of this call is in the log or none is, so a
-            // failed append (e.g. disk full) leaves no gap in the sequence numbers.
-            let mut batch = sled::Batch::default();
-            for (update, seq) in updates.iter().zip(last + 1..) {
-                batch.insert(
-                    log_key(&prefix, seq),
-                    encode_record(RecordKind::LogEntry, seq, update)?,
-                );
+        // Plain inserts, not a `sled::Batch`: sled 0.34 starts every batch in a fresh log
+        // buffer, so each batch costs a buffer write and a `sync_file_range` of its own on
+        // sled's I/O pool, while plain inserts of every room in a store round share the round's
+        // one flush (run 7 in docs/benchmarks.md). Inserts go in sequence order, so a failed
+        // append (e.g. disk full) leaves no gap: at most a prefix of this call's updates is in
+        // the log, the cache says so, and the next append continues after it. Such a prefix is
+        // harmless: the caller refuses the whole call (its writers are closed and resend on
+        // reconnect) and a CRDT update applied twice, or later, changes nothing.
+        let records = updates
+            .iter()
+            .zip(last + 1..)
+            .map(|(update, seq)| encode_record(RecordKind::LogEntry, seq, update))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seq = last;
+        for record in records {
+            if let Err(e) = inner.tree.insert(log_key(&prefix, seq + 1), record) {
+                cache.insert(doc.to_owned(), seq);
+                return Err(from_sled(e));
             }
-            inner.tree.apply_batch(batch).map_err(from_sled)?;
+            seq += 1;
         }
         cache.insert(doc.to_owned(), seq);
         Ok(seq)
@@ -710,6 +706,11 @@ mod tests {
         assert_eq!(store.append("w1", &[&u1]).unwrap(), 1);
         assert_eq!(store.append("w1", &[&u2]).unwrap(), 2);
         assert_eq!(store.append("w1", &[]).unwrap(), 2);
+        // Several updates in one call: consecutive sequence numbers, loaded in order.
+        let (a, b, c) = (edit(&client, "a"), edit(&client, "b"), edit(&client, "c"));
+        assert_eq!(store.append("w2", &[&a, &b, &c]).unwrap(), 3);
+        assert_eq!(store.append("w2", &[&u1]).unwrap(), 4);
+        assert_eq!(store.load("w2").unwrap().updates, vec![a, b, c, u1.clone()]);
 
         let stored = store.load("w1").unwrap();
         assert_eq!(stored.updates, vec![u1.clone(), u2.clone()]);
