@@ -19,7 +19,7 @@ ROUNDS=${ROUNDS:-2}
 RSS_CONNS=${RSS_CONNS:-19000}
 OUT=${OUT:-$(pwd)/target/compare/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-PORT=18900
+PORT=${PORT:-18900}  # base port; each server takes the next one (set it apart from a concurrent run)
 
 # start BINDIR LABEL [WRAPPER...]: starts `wedsync serve` (strict, benchmark limits) and sets
 # SPID (the server) and WPID (the process to wait for).

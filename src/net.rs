@@ -84,14 +84,24 @@ pub struct ConnSlot {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
     /// Cancelled once the connection completed its handshake (first request read; for a
-    /// WebSocket, the upgrade done): the handshake deadline no longer applies.
-    handshake_done: CancellationToken,
+    /// WebSocket, the upgrade done): the handshake deadline no longer applies. Taken (and
+    /// dropped) when cancelled: a WebSocket session keeps its slot for its whole life, and the
+    /// token (~0.1 KiB) is of no use after the handshake.
+    handshake_done: Mutex<Option<CancellationToken>>,
 }
 
 impl ConnSlot {
     /// Marks the handshake complete.
     pub fn handshake_done(&self) {
-        self.handshake_done.cancel();
+        let token = self.handshake_done.lock().ok().and_then(|mut t| t.take());
+        if let Some(token) = token {
+            token.cancel();
+        }
+    }
+
+    /// The handshake token, for the connection's own deadline (`None` once done).
+    fn handshake_token(&self) -> Option<CancellationToken> {
+        self.handshake_done.lock().ok().and_then(|t| t.clone())
     }
 }
 
@@ -136,7 +146,7 @@ impl ConnLimiter {
         Ok(Arc::new(ConnSlot {
             limiter: self.clone(),
             ip,
-            handshake_done: CancellationToken::new(),
+            handshake_done: Mutex::new(Some(CancellationToken::new())),
         }))
     }
 
@@ -248,8 +258,11 @@ async fn serve_connection(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
     tokio::pin!(conn);
     let handshake = {
-        let done = slot.handshake_done.clone();
+        let done = slot.handshake_token();
         async move {
+            let Some(done) = done else {
+                return std::future::pending::<()>().await;
+            };
             tokio::select! {
                 _ = tokio::time::sleep(handshake_timeout) => {}
                 _ = done.cancelled() => std::future::pending::<()>().await,

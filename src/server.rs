@@ -342,6 +342,10 @@ impl Server {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         info!("shutting down");
         self.state.shutdown.cancel();
+        // After the cancel: a session registering after this sweep sees the cancelled token.
+        self.state
+            .sessions
+            .close_all(crate::protocol::close::GOING_AWAY, "server shutting down");
         self.state.connections.close();
         if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, self.state.connections.wait())
             .await

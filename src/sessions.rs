@@ -1,8 +1,9 @@
 //! Live WebSocket sessions by identity, so a revocation can end them at once.
 //!
 //! Why it exists: rooms know connections by document; revocation needs them by user (`sub`) or
-//! token (`jti`) across every document. Each session registers its principal and its close
-//! handle here for as long as it lives.
+//! token (`jti`) across every document. Each session registers its principal and its outbox
+//! (outgoing frames and close signal) here for as long as it lives; server shutdown closes
+//! every session through this map too (see [`Sessions::close_all`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,14 +11,12 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::auth::{unix_now, Principal, Revocation, Role};
 use crate::protocol::{self, close};
-use crate::room::{Closer, ConnId};
+use crate::room::{ConnId, Outbox};
 use crate::server::AppState;
 
 /// How long a revocation is kept when the request names no `until`: longer than any token
@@ -26,8 +25,7 @@ pub const DEFAULT_REVOCATION_SECS: u64 = 7 * 24 * 3600;
 
 struct Session {
     principal: Arc<Principal>,
-    closer: Arc<Closer>,
-    tx: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
 }
 
 /// Every live session.
@@ -41,21 +39,8 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(
-        &self,
-        conn: ConnId,
-        principal: Arc<Principal>,
-        closer: Arc<Closer>,
-        tx: mpsc::Sender<Bytes>,
-    ) {
-        self.lock().insert(
-            conn,
-            Session {
-                principal,
-                closer,
-                tx,
-            },
-        );
+    pub fn insert(&self, conn: ConnId, principal: Arc<Principal>, outbox: Arc<Outbox>) {
+        self.lock().insert(conn, Session { principal, outbox });
     }
 
     pub fn remove(&self, conn: ConnId) {
@@ -75,13 +60,23 @@ impl Sessions {
     pub fn end_matching(&self, reason: &str, matches: impl Fn(&Principal) -> bool) -> usize {
         let mut ended = 0;
         for s in self.lock().values() {
-            if matches(&s.principal) && !s.closer.is_closed() {
-                let _ = s.tx.try_send(protocol::encode_permission_denied(reason));
-                s.closer.close(close::UNAUTHORIZED, reason);
+            if matches(&s.principal) && !s.outbox.is_closed() {
+                let _ = s.outbox.push(protocol::encode_permission_denied(reason));
+                s.outbox.close(close::UNAUTHORIZED, reason);
                 ended += 1;
             }
         }
         ended
+    }
+
+    /// Closes every session with `code` (server shutdown: 1001). Sessions do not each watch
+    /// the shutdown token: polling it locks the token's mutex, shared by every connection, on
+    /// every wake-up of every session. A session registered after this sweep sees the
+    /// cancelled token when it registers (see `ws::connection`).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for s in self.lock().values() {
+            s.outbox.close(code, reason);
+        }
     }
 }
 

@@ -366,3 +366,55 @@ async fn acks_count_stored_update_messages() {
     assert_eq!(b.acks, 0);
     srv.stop().await;
 }
+
+/// One task per socket: while a client's own frames wait (every update decoded on the blocking
+/// pool, a small in-flight budget that a burst exhausts), frames to that client are still
+/// written, and nothing is lost or reordered either way.
+#[tokio::test]
+async fn frames_to_a_client_keep_flowing_while_its_own_frames_wait() {
+    // Every update is decoded on the blocking pool; the in-flight budget is 16 KiB (~15 of
+    // these 1 KB frames).
+    let srv = TestServer::start_with(|c| {
+        c.limits.decode_inline_max_bytes = 0;
+        c.limits.max_message_bytes = 8 * 1024;
+    })
+    .await;
+    let url = srv.url("flow");
+    let mut a = Client::connect(&url).await;
+    let mut b = Client::connect(&url).await;
+    let chunk = |who: &str, i: usize| format!("{who}{i:03}{}", "-".repeat(1000));
+    let expected = |who: &str| (0..60).map(|i| chunk(who, i)).collect::<String>();
+    // Both write bursts at once, without reading: each session reads one socket and writes
+    // the other's updates to it in the same task.
+    let (a, b) = tokio::join!(
+        async move {
+            let text = a.doc.get_or_insert_text("a");
+            for i in 0..60 {
+                a.edit(|txn| text.push(txn, &chunk("a", i))).await;
+            }
+            a
+        },
+        async move {
+            let text = b.doc.get_or_insert_text("b");
+            for i in 0..60 {
+                b.edit(|txn| text.push(txn, &chunk("b", i))).await;
+            }
+            b
+        }
+    );
+    let (mut a, mut b) = (a, b);
+    let full = |d: &Doc| {
+        let a = d.get_or_insert_text("a");
+        let b = d.get_or_insert_text("b");
+        let t = d.transact();
+        (a.get_string(&t), b.get_string(&t))
+    };
+    assert!(a.wait_doc(|d| full(d).1.len() == expected("b").len()).await);
+    assert!(b.wait_doc(|d| full(d).0.len() == expected("a").len()).await);
+    assert_eq!(full(&a.doc), (expected("a"), expected("b")));
+    assert_eq!(full(&b.doc), (expected("a"), expected("b")));
+    assert!(a.closed.is_none() && b.closed.is_none());
+    // (No fresh client here: its step 2, the whole 120 KB document in one frame, is over
+    // tungstenite's write-buffer cap of 2 × max_message_bytes and closes the session.)
+    srv.stop().await;
+}

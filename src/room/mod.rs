@@ -10,7 +10,7 @@
 mod peer;
 mod task;
 
-pub use peer::{Closer, ConnId, PeerInfo, PeerLink};
+pub use peer::{ConnId, Outbox, PeerInfo, PeerLink, PushError};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,6 +154,23 @@ pub(crate) type ReadJob = Box<dyn FnOnce(&yrs::Doc) + Send>;
 /// A write job run inside the room task, in its own transaction.
 pub(crate) type WriteJob = Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) + Send>;
 
+/// A client frame the room's full queue could not take yet (see [`RoomHandle::try_frame`]).
+pub struct WaitingFrame {
+    room: RoomHandle,
+    cmd: RoomCmd,
+}
+
+impl WaitingFrame {
+    /// Waits for room in the room's queue.
+    pub async fn send(self) -> Result<(), RoomError> {
+        self.room
+            .tx
+            .send(self.cmd)
+            .await
+            .map_err(|_| RoomError::Closed)
+    }
+}
+
 /// A cheap, cloneable handle to a running room.
 #[derive(Clone)]
 pub struct RoomHandle {
@@ -186,6 +203,24 @@ impl RoomHandle {
             .send(RoomCmd::Frame { conn, msgs, budget })
             .await
             .map_err(|_| RoomError::Closed)
+    }
+
+    /// Like [`RoomHandle::frame`], without waiting: `Ok(Some(_))` when the room's queue is
+    /// full, to be sent with [`WaitingFrame::send`] (the connection reads nothing meanwhile).
+    pub fn try_frame(
+        &self,
+        conn: ConnId,
+        msgs: Vec<Incoming>,
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<WaitingFrame>, RoomError> {
+        match self.tx.try_send(RoomCmd::Frame { conn, msgs, budget }) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(cmd)) => Ok(Some(WaitingFrame {
+                room: self.clone(),
+                cmd,
+            })),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(RoomError::Closed),
+        }
     }
 
     /// Tells the room a connection is gone.

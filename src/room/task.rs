@@ -411,7 +411,7 @@ impl Room {
                     let Some(peer) = self.peers.get(&conn) else {
                         return;
                     };
-                    if peer.link.closer.is_closed() {
+                    if peer.link.outbox.is_closed() {
                         return;
                     }
                     match msg {
@@ -559,7 +559,7 @@ impl Room {
                         Origin::Conn(c) => {
                             if let Some(peer) = self.peers.get(&c) {
                                 peer.link
-                                    .closer
+                                    .outbox
                                     .close(code, format!("update not stored: {e}"));
                             }
                         }
@@ -618,7 +618,7 @@ impl Room {
                     warn!(conn = c, error = %e, "update could not be applied");
                     if let Some(peer) = self.peers.get(&c) {
                         peer.link
-                            .closer
+                            .outbox
                             .close(close::INVALID_PAYLOAD, format!("invalid update: {e}"));
                     }
                 }
@@ -971,7 +971,7 @@ impl Room {
 
     fn send_due_acks(&mut self) {
         for peer in self.peers.values_mut() {
-            if peer.info.ack && peer.stored_updates > peer.acked && !peer.link.closer.is_closed() {
+            if peer.info.ack && peer.stored_updates > peer.acked && !peer.link.outbox.is_closed() {
                 peer.acked = peer.stored_updates;
                 peer.link.send(protocol::encode_ack(peer.stored_updates));
             }
@@ -1270,7 +1270,7 @@ impl Room {
 
     fn close_all(&mut self, code: u16, reason: &str) {
         for peer in self.peers.values() {
-            peer.link.closer.close(code, reason);
+            peer.link.outbox.close(code, reason);
         }
     }
 
@@ -1306,7 +1306,7 @@ impl Room {
         if let Some(reason) = reason {
             for peer in self.peers.values() {
                 peer.link
-                    .closer
+                    .outbox
                     .close(close::INTERNAL, format!("document unavailable: {reason}"));
             }
         }

@@ -7,32 +7,30 @@
 
 use tokio::time::Instant;
 
-/// A token bucket: `burst` tokens at most, refilled at `rate` tokens per second.
+/// A token bucket: `burst` tokens at most, refilled at `rate` tokens per second. The rate and
+/// the burst are the caller's (the configured limits), not stored: every connection keeps two
+/// buckets for its whole life.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64) -> TokenBucket {
+    pub fn new(burst: f64) -> TokenBucket {
         TokenBucket {
-            rate,
-            burst,
             tokens: burst,
             last: Instant::now(),
         }
     }
 
     /// Takes `n` tokens if there are enough; false (and nothing taken) otherwise.
-    pub fn take(&mut self, n: f64) -> bool {
+    pub fn take(&mut self, rate: f64, burst: f64, n: f64) -> bool {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         if self.tokens >= n {
             self.tokens -= n;
             true
@@ -49,18 +47,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate() {
-        let mut b = TokenBucket::new(10.0, 5.0);
+        let mut b = TokenBucket::new(5.0);
+        let mut take = || b.take(10.0, 5.0, 1.0);
         for _ in 0..5 {
-            assert!(b.take(1.0));
+            assert!(take());
         }
-        assert!(!b.take(1.0));
+        assert!(!take());
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(b.take(1.0));
-        assert!(!b.take(1.0));
+        assert!(take());
+        assert!(!take());
         tokio::time::advance(Duration::from_secs(10)).await;
         for _ in 0..5 {
-            assert!(b.take(1.0));
+            assert!(take());
         }
-        assert!(!b.take(1.0));
+        assert!(!take());
     }
 }
