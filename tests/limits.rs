@@ -414,7 +414,10 @@ async fn frames_to_a_client_keep_flowing_while_its_own_frames_wait() {
     assert_eq!(full(&a.doc), (expected("a"), expected("b")));
     assert_eq!(full(&b.doc), (expected("a"), expected("b")));
     assert!(a.closed.is_none() && b.closed.is_none());
-    // (No fresh client here: its step 2, the whole 120 KB document in one frame, is over
-    // tungstenite's write-buffer cap of 2 × max_message_bytes and closes the session.)
+    // A fresh client gets the whole 120 KB document as one step 2, fifteen times
+    // max_message_bytes (the write-buffer cap was 2 × max_message_bytes and closed it).
+    let c = Client::connect(&url).await;
+    assert_eq!(full(&c.doc), (expected("a"), expected("b")));
+    assert!(c.closed.is_none());
     srv.stop().await;
 }

@@ -68,6 +68,29 @@ struct PendingUpdate {
 }
 
 /// Things to deliver after the batch is committed, in order.
+/// Splits a commit's updates, in order, into runs of at most `max_bytes` in all (a run always
+/// holds at least one update, however large).
+fn split_by_size(
+    run: Vec<(Option<ConnId>, Vec<u8>)>,
+    max_bytes: usize,
+) -> Vec<Vec<(Option<ConnId>, Vec<u8>)>> {
+    let mut out: Vec<Vec<(Option<ConnId>, Vec<u8>)>> = Vec::new();
+    let mut size = 0;
+    for item in run {
+        match out.last_mut() {
+            Some(last) if size + item.1.len() <= max_bytes => {
+                size += item.1.len();
+                last.push(item);
+            }
+            _ => {
+                size = item.1.len();
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
 enum Post {
     Step2 {
         conn: ConnId,
@@ -863,7 +886,11 @@ impl Room {
                             run.push((origin, update));
                         }
                     }
-                    deliveries += self.broadcast_run(run);
+                    // A merged frame stays within the largest message a client may send, so
+                    // it never meets the socket's write-buffer cap (src/ws/mod.rs).
+                    for chunk in split_by_size(run, self.ctx.limits.max_message_bytes) {
+                        deliveries += self.broadcast_run(chunk);
+                    }
                 }
                 Post::GetUpdate { sv, reply } => {
                     let _ =
@@ -1310,5 +1337,37 @@ impl Room {
                     .close(close::INTERNAL, format!("document unavailable: {reason}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_size;
+
+    #[test]
+    fn merged_runs_stay_within_the_size_cap_and_keep_order() {
+        let run = |sizes: &[usize]| -> Vec<(Option<u64>, Vec<u8>)> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (Some(i as u64), vec![0; *n]))
+                .collect()
+        };
+        let sizes = |chunks: Vec<Vec<(Option<u64>, Vec<u8>)>>| -> Vec<Vec<(u64, usize)>> {
+            chunks
+                .into_iter()
+                .map(|c| c.into_iter().map(|(o, u)| (o.unwrap(), u.len())).collect())
+                .collect()
+        };
+        assert_eq!(
+            sizes(split_by_size(run(&[3, 4, 3, 5, 1]), 10)),
+            vec![vec![(0, 3), (1, 4), (2, 3)], vec![(3, 5), (4, 1)]]
+        );
+        // An update larger than the cap travels alone.
+        assert_eq!(
+            sizes(split_by_size(run(&[2, 30, 2]), 10)),
+            vec![vec![(0, 2)], vec![(1, 30)], vec![(2, 2)]]
+        );
+        assert!(split_by_size(Vec::new(), 10).is_empty());
     }
 }
