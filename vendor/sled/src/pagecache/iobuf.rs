@@ -864,7 +864,7 @@ pub(crate) fn roll_iobuf(iobufs: &Arc<IoBufs>) -> Result<usize> {
         trace!("skipping roll_iobuf due to empty segment");
     } else {
         trace!("sealing ioubuf from  roll_iobuf");
-        maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+        maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false, false)?;
     }
 
     Ok(header::offset(header))
@@ -933,7 +933,7 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false, true)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1022,6 +1022,8 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+    // wedsync patch: write the sealed buffer on this thread (see below).
+    write_inline: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1201,12 +1203,13 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             }
         };
 
-        // wedsync patch: a flush (`from_reserve == false`: make_stable, roll_iobuf) would
-        // only wait for this write on the thread pool, so it writes the buffer itself instead
-        // of handing it over and sleeping until a pool thread is done: one thread wake-up and
-        // two context switches fewer per flush. Writers that seal a full buffer while
-        // reserving space (`from_reserve`) still hand it to the pool and carry on.
-        if !from_reserve {
+        // wedsync patch: `make_stable` (a flush, which holds only the shared side of the
+        // concurrency control) would just wait for this write on the thread pool, so it writes
+        // the buffer itself instead of handing it over and sleeping until a pool thread is
+        // done: one thread wake-up and two context switches fewer per flush. Every other caller
+        // (a writer sealing a full buffer, `pin_log` under the exclusive lock, the background
+        // flusher's `roll_iobuf`) still hands the write to the pool and carries on.
+        if write_inline {
             write();
             return Ok(());
         }
