@@ -67,7 +67,6 @@ struct PendingUpdate {
     decoded: yrs::Update,
 }
 
-/// Things to deliver after the batch is committed, in order.
 /// Splits a commit's updates, in order, into runs of at most `max_bytes` in all (a run always
 /// holds at least one update, however large).
 fn split_by_size(
@@ -91,6 +90,11 @@ fn split_by_size(
     out
 }
 
+/// A commit merges its updates into one frame per subscriber only up to this many writing
+/// connections (one merge per writer; see [`Room::broadcast_run`]).
+const MAX_WRITERS_MERGED: usize = 8;
+
+/// Things to deliver after the batch is committed, in order.
 enum Post {
     Step2 {
         conn: ConnId,
@@ -915,6 +919,12 @@ impl Room {
         writers.sort_unstable();
         writers.dedup();
         let single_origin = run.iter().all(|(o, _)| *o == run[0].0);
+        if writers.len() > MAX_WRITERS_MERGED {
+            // One merge per writer, each over the whole commit, grows with writers × updates
+            // (45 ms of the room's time for 200 writers, 0.5 s for 500, measured): past a few
+            // writers, each writer's consecutive updates go out as one merged update instead.
+            return self.broadcast_by_origin(run);
+        }
         if run.len() == 1 || single_origin {
             let origin = run[0].0;
             let update = if run.len() == 1 {
@@ -959,6 +969,27 @@ impl Room {
             if peer.link.send(frame.clone()) {
                 delivered += 1;
             }
+        }
+        delivered
+    }
+
+    /// Each origin's consecutive updates merged, sent to everyone but that origin.
+    fn broadcast_by_origin(&mut self, run: Vec<(Option<ConnId>, Vec<u8>)>) -> u64 {
+        let mut delivered = 0;
+        let mut rest = run.as_slice();
+        while let Some((origin, _)) = rest.first() {
+            let n = rest.iter().take_while(|(o, _)| o == origin).count();
+            let (same, tail) = rest.split_at(n);
+            rest = tail;
+            if let [(_, update)] = same {
+                delivered += self.broadcast_update(*origin, update);
+                continue;
+            }
+            let updates: Vec<&[u8]> = same.iter().map(|(_, u)| u.as_slice()).collect();
+            delivered += match yrs::merge_updates_v1(&updates) {
+                Ok(merged) => self.broadcast_update(*origin, &merged),
+                Err(e) => self.broadcast_each(same, &e.to_string()),
+            };
         }
         delivered
     }
