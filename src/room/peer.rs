@@ -75,11 +75,13 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame without waiting. A frame pushed after [`Outbox::close`] is still
-    /// written if the close code is not 1013 (e.g. "permission denied" before a 4401).
+    /// Queues a frame without waiting. Frames queued before [`Outbox::close`] are still
+    /// written if the close code is not 1013 (e.g. "permission denied" before a 4401); from
+    /// the close on, pushes are refused ([`PushError::Gone`]): a revoked or expired client gets
+    /// nothing sent after its cut-off, and a closing slow client is not counted again.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let mut s = self.lock();
-        if s.gone {
+        if s.gone || s.frame.is_some() {
             return Err(PushError::Gone);
         }
         if s.queue.len() >= self.capacity as usize {
@@ -99,6 +101,11 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         let mut s = self.lock();
         if s.frame.is_none() {
+            if code == close::TRY_AGAIN {
+                // Too slow: what is queued will not be written (the client resyncs on
+                // reconnect), so it is not kept until the session ends either.
+                s.queue = VecDeque::new();
+            }
             s.frame = Some((code, reason.into()));
             self.closed.store(true, Ordering::Release);
             if let Some(w) = &s.waker {
@@ -210,6 +217,38 @@ mod tests {
     fn outbox_fits_a_128_byte_chunk() {
         // Arc header (16) + Outbox: one 128-byte malloc chunk per connection.
         assert!(std::mem::size_of::<Outbox>() <= 104);
+    }
+
+    #[test]
+    fn a_closed_outbox_takes_no_more_frames_and_a_slow_one_drops_its_queue() {
+        let o = Outbox::new(4);
+        assert_eq!(o.push(Bytes::from_static(b"denied")), Ok(()));
+        o.close(4401, "revoked");
+        // Queued before the close: still written; pushed after it: refused.
+        assert_eq!(
+            o.push(Bytes::from_static(b"late edit")),
+            Err(PushError::Gone)
+        );
+        assert_eq!(o.pop().as_deref(), Some(&b"denied"[..]));
+        assert_eq!(o.pop(), None);
+
+        let slow = Outbox::new(2);
+        let link = PeerLink {
+            outbox: slow.clone(),
+        };
+        assert!(link.send(Bytes::from_static(b"a")));
+        assert!(link.send(Bytes::from_static(b"b")));
+        assert!(
+            !link.send(Bytes::from_static(b"c")),
+            "full: closed with 1013"
+        );
+        assert_eq!(slow.frame().map(|f| f.0), Some(close::TRY_AGAIN));
+        assert_eq!(
+            slow.lock().queue.capacity(),
+            0,
+            "the unwritable queue is freed"
+        );
+        assert_eq!(slow.push(Bytes::from_static(b"d")), Err(PushError::Gone));
     }
 
     #[test]

@@ -193,14 +193,16 @@ impl End {
             room,
             conn,
         } = self;
+        // Normal end from the client side. (From here on the outbox takes no more frames.)
+        outbox.close(1000, "");
+        let (code, reason) = outbox.frame().unwrap_or((1000, String::new()));
+        // The close frame first, then the room: a busy room (a commit waiting for its flush, a
+        // full queue) must not delay the close frame.
+        send_close(&mut socket, &outbox, code, &reason).await;
         if let Some(room) = room {
             room.leave(conn).await;
         }
         sessions.remove(conn);
-        // Normal end from the client side.
-        outbox.close(1000, "");
-        let (code, reason) = outbox.frame().unwrap_or((1000, String::new()));
-        send_close(&mut socket, &outbox, code, &reason).await;
         outbox.finish();
         // After a server-initiated close frame, read (and discard) until the client's close
         // frame, as RFC 6455 asks, so pongs and late frames in flight do not meet a reset socket.
