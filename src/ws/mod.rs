@@ -60,14 +60,12 @@ pub async fn upgrade(
         .max_frame_size(limits.max_message_bytes)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        // The largest frame the server sends is a new client's step 2: the whole document,
-        // up to the quota. (Relayed updates, merged or not, stay within max_message_bytes.)
-        // The cap allocates nothing; below the quota it closed sessions of big documents.
-        .max_write_buffer_size(
-            usize::try_from(limits.max_doc_bytes)
-                .unwrap_or(usize::MAX)
-                .saturating_add(limits.max_message_bytes.saturating_mul(2)),
-        )
+        // No cap on one outgoing frame: the largest the server sends is a new client's step 2,
+        // the whole document, which may pass any fixed figure (a quota lowered after the
+        // document grew, an HTTP edit that overshoots it). A cap (it was 2 × max_message_bytes)
+        // bounds no memory here — the connection's task writes a frame only when the socket
+        // took the previous ones — and closed the sessions of big documents.
+        .max_write_buffer_size(usize::MAX)
         .on_upgrade(move |socket| {
             // The upgrade is complete: the handshake deadline is met. The session keeps the
             // connection's slot, so the connection caps count open WebSockets.
