@@ -218,8 +218,8 @@ impl std::fmt::Debug for SledStore {
 }
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the protected
-/// data consistent (cache entries are written after the batch succeeds), so a panic elsewhere
-/// must not take the whole store down.
+/// data consistent (an append records in the cache what it inserted, even when it fails
+/// partway), so a panic elsewhere must not take the whole store down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
