@@ -1524,3 +1524,61 @@ async fn document_http_api_needs_view_or_edit_access() {
     .await;
     srv.stop().await;
 }
+
+/// A revoked client gets nothing sent after its cut-off: the "permission denied" message and
+/// the 4401 close, but no edit that another client makes meanwhile (they were written to it
+/// while its session left a busy room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_gets_no_edit_after_its_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = wedsync::Config::for_tests(dir.path());
+    cfg.auth.jwt_secret = Some(SECRET.into());
+    cfg.limits.update_rate = 1e6;
+    cfg.limits.update_burst = 1e6;
+    let srv = TestServer::start_in(dir, cfg).await;
+    let url = |sub: &str| ws_url(&srv, "wedding-cut", &edit_token(sub, "wedding-cut"));
+    let mut revoked = Client::connect(&url("cut")).await;
+    let mut writer = Client::connect(&url("keeps")).await;
+    // The writer edits as fast as it can (rate limit lifted) while the revocation lands, so
+    // the room is committing (each commit waits for its flush) when the revoked session
+    // leaves. Before the fix this failed 3 runs in 4.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let t = writer.doc.get_or_insert_text("t");
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer.edit(|txn| t.push(txn, &format!("{i};"))).await;
+                i += 1;
+            }
+            writer
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let resp = post_revoke(&srv, Some(&admin_token()), r#"{"sub":"cut"}"#).await;
+    assert_eq!(resp.status(), 200);
+    let mut denied = false;
+    loop {
+        match revoked.recv(STEP).await {
+            Some(Received::Msg(Message::Auth(Some(_)))) => denied = true,
+            Some(Received::Msg(Message::Sync(SyncMessage::Update(_)))) => {
+                assert!(
+                    !denied,
+                    "an edit reached the client after its permission was denied"
+                )
+            }
+            Some(Received::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.0), Some(4401));
+                break;
+            }
+            None => panic!("no close within {STEP:?}"),
+            _ => {}
+        }
+    }
+    assert!(denied, "the client was told why");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut writer = editing.await.expect("writer task");
+    assert_alive(&mut writer, "the other client").await;
+    srv.stop().await;
+}
