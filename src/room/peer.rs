@@ -118,6 +118,11 @@ impl Outbox {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the connection is closing with `code` (a lock only once it is closing).
+    pub fn is_closed_for(&self, code: u16) -> bool {
+        self.is_closed() && self.lock().frame.as_ref().is_some_and(|(c, _)| *c == code)
+    }
+
     /// The close code and reason, if closing.
     pub fn frame(&self) -> Option<(u16, String)> {
         self.lock().frame.clone()

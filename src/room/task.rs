@@ -54,6 +54,9 @@ struct Peer {
     /// An update of this connection was refused by the document size quota: its later updates
     /// are refused too (they may depend on the refused one, and acks must stay a prefix).
     over_quota: bool,
+    /// The room refused one of this connection's updates (not stored, or not applicable) and
+    /// closed it: its frames still queued are dropped, as they may build on the refused one.
+    refused: bool,
 }
 
 enum Origin {
@@ -430,6 +433,7 @@ impl Room {
                         acked: 0,
                         awareness_ids: HashSet::new(),
                         over_quota: false,
+                        refused: false,
                     },
                 );
                 metrics::gauge!("wedsync_room_peers").increment(1.0);
@@ -444,7 +448,11 @@ impl Room {
                     let Some(peer) = self.peers.get(&conn) else {
                         return;
                     };
-                    if peer.link.outbox.is_closed() {
+                    // A closing connection's frames were read while it was open: they are
+                    // applied (a client's last edit before it closes or drops the socket, the
+                    // frames before the one over the rate limit). Not when the close withdrew
+                    // the right to edit, or the room refused this connection's data.
+                    if peer.refused || peer.link.outbox.is_closed_for(close::UNAUTHORIZED) {
                         return;
                     }
                     match msg {
@@ -590,7 +598,8 @@ impl Room {
                 for p in batch {
                     match p.origin {
                         Origin::Conn(c) => {
-                            if let Some(peer) = self.peers.get(&c) {
+                            if let Some(peer) = self.peers.get_mut(&c) {
+                                peer.refused = true;
                                 peer.link
                                     .outbox
                                     .close(code, format!("update not stored: {e}"));
@@ -649,7 +658,8 @@ impl Room {
                 }
                 (Origin::Conn(c), Err(e)) => {
                     warn!(conn = c, error = %e, "update could not be applied");
-                    if let Some(peer) = self.peers.get(&c) {
+                    if let Some(peer) = self.peers.get_mut(&c) {
+                        peer.refused = true;
                         peer.link
                             .outbox
                             .close(close::INVALID_PAYLOAD, format!("invalid update: {e}"));

@@ -154,6 +154,7 @@ async fn join(start: Box<Start>) -> Result<Live, End> {
             missed_pongs: 0,
             ping_due: false,
             unflushed: false,
+            write_failed: false,
             inbound: None,
             reader: Reader::new(app.config.clone(), room, conn, can_edit),
         }),
@@ -166,6 +167,7 @@ async fn join(start: Box<Start>) -> Result<Live, End> {
                 socket,
                 outbox,
                 room: None,
+                inbound: None,
                 conn,
             })
         }
@@ -179,6 +181,8 @@ struct End {
     outbox: Arc<Outbox>,
     /// The room joined, to leave.
     room: Option<RoomHandle>,
+    /// A client frame read but not yet in the room when the session ended.
+    inbound: Option<InboundWork>,
     conn: ConnId,
 }
 
@@ -191,6 +195,7 @@ impl End {
             mut socket,
             outbox,
             room,
+            inbound,
             conn,
         } = self;
         // Normal end from the client side. (From here on the outbox takes no more frames.)
@@ -199,6 +204,16 @@ impl End {
         // The close frame first, then the room: a busy room (a commit waiting for its flush, a
         // full queue) must not delay the close frame.
         send_close(&mut socket, &outbox, code, &reason).await;
+        // A frame the client sent before it went away (or before the server closed for a
+        // reason of its own) reaches the room before the leave, unless the close withdrew
+        // the right to edit.
+        if let Some(work) = inbound {
+            if code != close::UNAUTHORIZED {
+                if let Err((code, reason)) = work.await {
+                    debug!(code, %reason, "last frame not applied");
+                }
+            }
+        }
         if let Some(room) = room {
             room.leave(conn).await;
         }
@@ -281,6 +296,9 @@ struct Live {
     ping_due: bool,
     /// Frames were handed to the socket since its last completed flush.
     unflushed: bool,
+    /// Writing failed (the client went away): what the client sent before is still read, up
+    /// to the end of its stream.
+    write_failed: bool,
     /// A client frame on its way to the room; no reads until it is there.
     inbound: Option<InboundWork>,
     reader: Reader,
@@ -295,9 +313,9 @@ impl Live {
         if self.poll_timer(timer, cx).is_break() {
             return Poll::Ready(());
         }
-        if self.poll_write(cx).is_err() {
-            self.outbox.close(1000, "");
-            return Poll::Ready(());
+        if !self.write_failed && self.poll_write(cx).is_err() {
+            debug!("write failed; reading what the client sent before");
+            self.write_failed = true;
         }
         self.poll_read(cx)
     }
@@ -315,6 +333,7 @@ impl Live {
             socket: self.socket,
             outbox: self.outbox,
             room: Some(self.reader.room),
+            inbound: self.inbound,
             conn: self.reader.conn,
         }
     }
