@@ -1306,9 +1306,13 @@ async fn compaction_racing_writes_from_three_nodes_keeps_the_union() {
 // ---------------------------------------------------------------------------------------------
 
 /// n3 hosts the room (a writer and an observer on it) and is frozen with SIGSTOP while n1 and
-/// n2 keep writing for 5 s with compaction every 20 entries and a 1 s retention, so the stream
-/// is trimmed past the point n3 had read. After SIGCONT n3 catches up: its observer, a fresh
-/// client and the other nodes all end with exactly the union of all writes.
+/// n2 keep writing (5 s or more) with compaction every 20 entries and a 1 s retention, so the
+/// stream is trimmed past the point n3 had read. After SIGCONT n3 catches up: its observer, a
+/// fresh client and the other nodes all end with exactly the union of all writes.
+///
+/// If n3 froze in the middle of a compaction, its lease (10 × `redis_timeout`, at least 10 s)
+/// holds the others off until it expires, so the freeze lasts until they compacted. A fixed
+/// 5 s freeze failed that way once in two full runs of the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_frozen_past_retention_catches_up_after_sigcont() {
     let _serial = SERIAL.lock().await;
@@ -1316,7 +1320,7 @@ async fn node_frozen_past_retention_catches_up_after_sigcont() {
         RedisServer::start(Persistence::AofAlways),
         3,
         3,
-        "compact_entries = 20\nretention = 1\n",
+        "compact_entries = 20\nretention = 1\nredis_timeout = 1\n",
     );
     let doc = "wedding-frozen";
     within(Duration::from_secs(120), "frozen node scenario", async {
@@ -1340,14 +1344,26 @@ async fn node_frozen_past_retention_catches_up_after_sigcont() {
         let frozen_at = unix_ms();
         c.sigstop(2);
         eprintln!("SIGSTOP n3");
+        // At least 5 s, and until n1/n2 compacted and the trim passed the freeze. If n3 was
+        // frozen in the middle of a compaction, it holds the compaction lease (10 s here) and
+        // the others must wait for it to expire: that is the lease doing its job.
+        let frozen = std::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let compactions_during =
-            c.metrics(0).await.get(COMPACTIONS) + c.metrics(1).await.get(COMPACTIONS) - compactions_before;
-        let first = c.redis.first_stream_id(&updates_key(doc));
+        let (compactions_during, first) = loop {
+            let during = c.metrics(0).await.get(COMPACTIONS) + c.metrics(1).await.get(COMPACTIONS)
+                - compactions_before;
+            let first = c.redis.first_stream_id(&updates_key(doc));
+            let trimmed = first.is_some_and(|(ms, _)| ms > frozen_at);
+            if (during >= 1.0 && trimmed) || frozen.elapsed() > Duration::from_secs(16) {
+                break (during, first);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         c.sigcont(2);
         eprintln!(
-            "SIGCONT n3 after 5 s; compactions meanwhile on n1+n2: {compactions_during}; first \
-             stream id {first:?}, frozen at {frozen_at}"
+            "SIGCONT n3 after {:?}; compactions meanwhile on n1+n2: {compactions_during}; first \
+             stream id {first:?}, frozen at {frozen_at}",
+            frozen.elapsed()
         );
         assert!(compactions_during >= 1.0, "n1/n2 compacted while n3 was frozen");
         let (first_ms, _) = first.expect("the updates stream has entries");
