@@ -584,3 +584,94 @@ async fn tokens_decide_who_reads_and_writes() {
     assert_eq!(page["messages"], json!([posted]));
     srv.stop().await;
 }
+
+/// The server's conflict list in awareness, as a client saw it (`None`: no server state).
+fn server_conflicts(c: &Client) -> Option<Value> {
+    c.awareness_seen.clients.values().find_map(|e| {
+        let v: Value = serde_json::from_str(&e.json).ok()?;
+        (v["server"] == json!(true)).then(|| v["conflicts"].clone())
+    })
+}
+
+/// Receives (applying what arrives) for `d`.
+async fn listen(c: &mut Client, d: Duration) {
+    let until = tokio::time::Instant::now() + d;
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        if c.recv(left).await.is_none() {
+            break;
+        }
+    }
+}
+
+/// A plan that never had a conflict carries no server awareness state (an empty list would be
+/// renewed to every client every 15 s and say nothing); the first conflict publishes the list,
+/// and its fix publishes the empty list, so clients clear what they show.
+#[tokio::test]
+async fn the_server_state_appears_with_the_first_conflict_and_clears_with_the_fix() {
+    let srv = TestServer::start().await;
+    let url = srv.url("w-quiet");
+    let mut editor = Client::connect(&url).await;
+    let mut viewer = Client::connect(&url).await;
+    editor
+        .edit(|txn| {
+            put(
+                txn,
+                "tables",
+                "t1",
+                vec![("name", s("Family")), ("capacity", n(8.0))],
+            );
+        })
+        .await;
+    // Well past the 250 ms debounce of the conflict list.
+    listen(&mut viewer, Duration::from_millis(800)).await;
+    assert_eq!(section(&viewer.doc, "tables")["t1"]["name"], "Family");
+    assert_eq!(
+        server_conflicts(&viewer),
+        None,
+        "no conflict, no server state"
+    );
+
+    editor
+        .edit(|txn| {
+            txn.get_or_insert_map("timeline")
+                .insert(txn, "plain", "not a map");
+        })
+        .await;
+    let mut seen = None;
+    for _ in 0..50 {
+        listen(&mut viewer, Duration::from_millis(100)).await;
+        seen = server_conflicts(&viewer);
+        if seen
+            .as_ref()
+            .is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            break;
+        }
+    }
+    let kinds: Vec<&str> = seen
+        .as_ref()
+        .and_then(Value::as_array)
+        .expect("the server published its conflict list")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["schema_violation"]);
+
+    editor
+        .edit(|txn| {
+            txn.get_or_insert_map("timeline").remove(txn, "plain");
+        })
+        .await;
+    for _ in 0..50 {
+        listen(&mut viewer, Duration::from_millis(100)).await;
+        if server_conflicts(&viewer) == Some(json!([])) {
+            break;
+        }
+    }
+    assert_eq!(
+        server_conflicts(&viewer),
+        Some(json!([])),
+        "the fix is published"
+    );
+    srv.stop().await;
+}

@@ -1242,6 +1242,13 @@ impl Room {
             let txn = self.awareness.doc().transact();
             crate::wedding::conflicts(&txn)
         };
+        // A plan that never had a conflict gets no server state: an empty list would be one
+        // more awareness entry for every client of every room, renewed every 15 s (10,000
+        // frames per 15 s at 10,000 connections) and saying nothing. Once a list was published,
+        // its clearing is published too, so clients drop the conflicts they show.
+        if conflicts.is_empty() && self.published_conflicts.is_none() {
+            return;
+        }
         let state = serde_json::json!({"server": true, "conflicts": conflicts});
         let json = state.to_string();
         if self.published_conflicts.as_deref() == Some(json.as_str()) {
