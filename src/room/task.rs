@@ -455,7 +455,11 @@ impl Room {
                     if peer.refused || peer.link.outbox.is_closed_for(close::UNAUTHORIZED) {
                         return;
                     }
+                    // Nothing is sent to a closing connection: its requests for data (a
+                    // step 1 may cost a whole-document diff) are not answered.
+                    let closing = peer.link.outbox.is_closed();
                     match msg {
+                        Incoming::SyncStep1(_) | Incoming::AwarenessQuery if closing => {}
                         Incoming::SyncStep1(sv) => self.post.push(Post::Step2 { conn, sv }),
                         Incoming::Update { raw, decoded } => {
                             if peer.info.can_edit {
