@@ -593,12 +593,18 @@ fn server_conflicts(c: &Client) -> Option<Value> {
     })
 }
 
-/// Receives (applying what arrives) for `d`.
-async fn listen(c: &mut Client, d: Duration) {
-    let until = tokio::time::Instant::now() + d;
-    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
-        if c.recv(left).await.is_none() {
-            break;
+/// Receives (applying what arrives) until the server's conflict list satisfies `pred`, or
+/// [`STEP`] passed; returns the list last seen.
+async fn wait_server_conflicts(c: &mut Client, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let seen = server_conflicts(c);
+        if seen.as_ref().is_some_and(&pred) {
+            return seen;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if matches!(c.recv(left).await, None | Some(Received::Close(_))) {
+            return seen;
         }
     }
 }
@@ -622,8 +628,8 @@ async fn the_server_state_appears_with_the_first_conflict_and_clears_with_the_fi
             );
         })
         .await;
-    // Well past the 250 ms debounce of the conflict list.
-    listen(&mut viewer, Duration::from_millis(800)).await;
+    // Until nothing arrived for 800 ms: well past the 250 ms debounce of the conflict list.
+    viewer.drain(Duration::from_millis(800)).await;
     assert_eq!(section(&viewer.doc, "tables")["t1"]["name"], "Family");
     assert_eq!(
         server_conflicts(&viewer),
@@ -637,17 +643,8 @@ async fn the_server_state_appears_with_the_first_conflict_and_clears_with_the_fi
                 .insert(txn, "plain", "not a map");
         })
         .await;
-    let mut seen = None;
-    for _ in 0..50 {
-        listen(&mut viewer, Duration::from_millis(100)).await;
-        seen = server_conflicts(&viewer);
-        if seen
-            .as_ref()
-            .is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            break;
-        }
-    }
+    let seen =
+        wait_server_conflicts(&mut viewer, |c| c.as_array().is_some_and(|a| !a.is_empty())).await;
     let kinds: Vec<&str> = seen
         .as_ref()
         .and_then(Value::as_array)
@@ -662,16 +659,7 @@ async fn the_server_state_appears_with_the_first_conflict_and_clears_with_the_fi
             txn.get_or_insert_map("timeline").remove(txn, "plain");
         })
         .await;
-    for _ in 0..50 {
-        listen(&mut viewer, Duration::from_millis(100)).await;
-        if server_conflicts(&viewer) == Some(json!([])) {
-            break;
-        }
-    }
-    assert_eq!(
-        server_conflicts(&viewer),
-        Some(json!([])),
-        "the fix is published"
-    );
+    let cleared = wait_server_conflicts(&mut viewer, |c| *c == json!([])).await;
+    assert_eq!(cleared, Some(json!([])), "the fix is published");
     srv.stop().await;
 }
