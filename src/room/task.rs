@@ -316,14 +316,14 @@ async fn load(name: &str, ctx: &crate::room::RoomContext) -> Result<StoredDoc, S
     }
 }
 
-/// Runs yrs code that client bytes can reach, containing a panic (yrs 0.28 has inputs that
-/// panic while merging pending structs). The caller decides what a panic means for the room.
 /// Merges updates the room has applied (so they decode), with a yrs panic contained like every
 /// other yrs call on client-derived data: an error makes the caller relay them one by one.
 fn merge(updates: &[&[u8]]) -> Result<Vec<u8>, String> {
     guarded("merging updates", || yrs::merge_updates_v1(updates))?.map_err(|e| e.to_string())
 }
 
+/// Runs yrs code that client bytes can reach, containing a panic (yrs 0.28 has inputs that
+/// panic while merging pending structs). The caller decides what a panic means for the room.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
         let msg = panic
