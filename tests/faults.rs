@@ -1126,3 +1126,77 @@ async fn the_last_edit_before_a_client_goes_away_is_kept() {
     })
     .await
 }
+
+/// The room's rule for a connection that is closing when its queued frames are handled, pinned
+/// deterministically (a socket cannot choose when the room sees the close): the frames are
+/// applied after a client-side close (1000), a rate-limit close (1008) and a slow-consumer close
+/// (1013); not after a 4401 (the right to edit withdrawn). Each connection joins the live room
+/// through the registry, as a session does, closes, then hands the room one edit; a real client
+/// watches the document.
+#[tokio::test]
+async fn a_closing_connections_queued_edit_is_applied_unless_its_right_to_edit_ended() {
+    bounded("a_closing_connections_queued_edit", async move {
+        let srv = TestServer::start().await;
+        let doc = "closing-rule";
+        let mut observer = Client::connect(&srv.url(doc)).await;
+        let registry = srv.server().state().registry.clone();
+        // 4401 first: once the later edits arrived, the room has handled its frame too.
+        let codes = [4401u16, 1000, 1008, 1013];
+        for (i, code) in codes.into_iter().enumerate() {
+            let conn = 1_000_000 + i as u64;
+            let outbox = wedsync::room::Outbox::new(16);
+            let link = wedsync::room::PeerLink {
+                outbox: outbox.clone(),
+            };
+            let room = registry
+                .join(
+                    doc,
+                    conn,
+                    wedsync::ws::connection::open_mode_peer(false),
+                    link,
+                )
+                .await
+                .expect("joins");
+            let edit = Doc::new();
+            let m = edit.get_or_insert_map("m");
+            let update = {
+                let mut txn = edit.transact_mut();
+                m.insert(&mut txn, format!("closed-{code}"), i as i64);
+                txn.encode_update_v1()
+            };
+            let incoming =
+                wedsync::room::Incoming::from_message(Message::Sync(SyncMessage::Update(update)))
+                    .expect("an update")
+                    .expect("decodes");
+            outbox.close(code, "closing");
+            room.frame(conn, vec![incoming], None)
+                .await
+                .expect("queued");
+            room.leave(conn).await;
+        }
+        let all_but_4401 = observer
+            .wait_doc(|d| {
+                let m = d.get_or_insert_map("m");
+                let txn = d.transact();
+                ["closed-1000", "closed-1008", "closed-1013"]
+                    .iter()
+                    .all(|k| m.contains_key(&txn, k))
+            })
+            .await;
+        let m = observer.doc.get_or_insert_map("m");
+        let keys: Vec<String> = m.keys(&observer.doc.transact()).map(String::from).collect();
+        eprintln!("[closing rule] applied: {keys:?}");
+        assert!(
+            all_but_4401,
+            "edits of connections closing for 1000/1008/1013 applied: {keys:?}"
+        );
+        assert!(
+            !m.contains_key(&observer.doc.transact(), "closed-4401"),
+            "no edit after a 4401: {keys:?}"
+        );
+        // (The registry holds the store: dropped first, so shutdown closes it.)
+        drop(registry);
+        srv.stop().await;
+    })
+    .await
+}
