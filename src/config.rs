@@ -50,6 +50,10 @@ pub struct Limits {
     /// longest an idle keep-alive HTTP connection stays open.
     #[serde(with = "humantime_secs")]
     pub header_read_timeout: Duration,
+    /// Time a client may take to send the whole body of one HTTP request, from its headers on
+    /// (a slow POST); over it: HTTP 408 and the connection closed.
+    #[serde(with = "humantime_secs")]
+    pub body_read_timeout: Duration,
     /// Time from TCP accept until the first request was read and, for a WebSocket, the upgrade
     /// completed. A connection that has not got that far is closed.
     #[serde(with = "humantime_secs")]
@@ -89,6 +93,7 @@ impl Default for Limits {
             load_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
             max_connections: 8192,
             max_connections_per_ip: 512,
             update_rate: 1000.0,
@@ -317,10 +322,11 @@ impl Config {
         }
         if l.header_read_timeout.is_zero()
             || l.handshake_timeout.is_zero()
+            || l.body_read_timeout.is_zero()
             || l.decode_timeout.is_zero()
         {
             return Err(ConfigError::Limit(
-                "header_read_timeout, handshake_timeout and decode_timeout must be positive",
+                "header_read_timeout, handshake_timeout, body_read_timeout and decode_timeout must be positive",
             ));
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {

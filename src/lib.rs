@@ -21,7 +21,7 @@
 //! - [`cluster`]: cluster mode: rooms shared by several nodes through Redis streams
 //!   (catch-up script, one stream reader per node, outbox while Redis is down, leased compaction).
 //! - [`net`]: the accept loop: connection caps (global, per IP), header-read timeout,
-//!   handshake deadline.
+//!   handshake deadline; [`body_deadline`]: the deadline for an HTTP request's body.
 //!
 //! One update's path: the connection's reader frames and decodes it ([`protocol`]), the room
 //! appends it to the store, applies it, waits for the shared flush, then queues one encoded
@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body_deadline;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

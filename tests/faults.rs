@@ -445,6 +445,77 @@ async fn slowloris_and_idle_sockets_are_closed_within_the_deadlines() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_post_body_gets_408_at_the_deadline_and_a_prompt_one_is_served() {
+    bounded(
+        "a_slow_post_body_gets_408_at_the_deadline_and_a_prompt_one_is_served",
+        async move {
+            let srv = TestServer::start_with(|c| {
+                c.limits.body_read_timeout = Duration::from_secs(1);
+            })
+            .await;
+            // A slow POST: headers announce 4,000 bytes, then one byte every 200 ms (each byte
+            // would reset a per-read timeout; the deadline is for the whole body).
+            let mut slow = TcpStream::connect(srv.addr).await.unwrap();
+            slow.write_all(
+                b"POST /api/docs/slowpost/update HTTP/1.1\r\nHost: x\r\n\
+                  content-type: application/octet-stream\r\ncontent-length: 4000\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let started = Instant::now();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 2048];
+            let closed = loop {
+                let _ = slow.write_all(b"x").await;
+                match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+                    Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    break None;
+                }
+            };
+            let reply = String::from_utf8_lossy(&reply).to_string();
+            eprintln!(
+                "[slow POST] body_read_timeout 1 s: closed after {closed:?}, reply {reply:?}"
+            );
+            assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+            assert!(
+                reply.to_ascii_lowercase().contains("connection: close"),
+                "{reply}"
+            );
+            assert!(reply.contains(r#""code":"body_timeout""#), "{reply}");
+            let closed = closed.expect("the slow POST's connection is closed");
+            assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4));
+
+            // A body that arrives in time is read as before (here: not an update, so 400), on
+            // a keep-alive connection that then serves another request.
+            let mut prompt = TcpStream::connect(srv.addr).await.unwrap();
+            prompt
+                .write_all(
+                    b"POST /api/docs/slowpost/update HTTP/1.1\r\nHost: x\r\n\
+                      content-type: application/octet-stream\r\ncontent-length: 3\r\n\r\nabc",
+                )
+                .await
+                .unwrap();
+            let n = prompt.read(&mut buf).await.unwrap();
+            let first = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+            assert!(first.contains("invalid_update"), "{first}");
+            prompt
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let n = prompt.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            srv.stop().await;
+        },
+    )
+    .await
+}
+
 /// Like [`get_status`], also returning when the TCP connect completed.
 async fn get_status_timed(addr: SocketAddr) -> (u16, String, TcpStream, Option<Instant>) {
     let mut s = TcpStream::connect(addr).await.expect("tcp connect");
