@@ -146,23 +146,20 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Decodes client bytes as a v1 update, off the async workers.
-pub async fn decode_update(bytes: Vec<u8>) -> Result<(Vec<u8>, yrs::Update), ApiError> {
-    if let Err(e) = crate::protocol::check_update(&bytes) {
-        return Err(ApiError::bad_request("invalid_update", e.to_string()));
-    }
-    tokio::task::spawn_blocking(move || {
-        let decoded = crate::protocol::decode_update_checked(&bytes);
-        (bytes, decoded)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-    .and_then(|(bytes, decoded)| match decoded {
-        Ok(u) => Ok((bytes, u)),
-        Err(e) => Err(ApiError::bad_request(
+/// Checks a request body as a v1 update ([`crate::decode`]); 400 `invalid_update` if it is
+/// not one or takes longer than `decode_timeout` to check.
+pub async fn decode_update(
+    decoder: &crate::decode::Decoder,
+    bytes: Vec<u8>,
+) -> Result<(Vec<u8>, yrs::Update), ApiError> {
+    use crate::decode::DecodeError;
+    decoder.decode(bytes).await.map_err(|e| match e {
+        DecodeError::Invalid { reason, .. } => ApiError::bad_request(
             "invalid_update",
-            format!("body is not a Yjs v1 update: {e}"),
-        )),
+            format!("body is not a Yjs v1 update: {reason}"),
+        ),
+        e @ DecodeError::TimedOut(_) => ApiError::bad_request("invalid_update", e.to_string()),
+        DecodeError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
     })
 }
 
@@ -215,7 +212,7 @@ pub async fn post_doc_update(
     // retry on the fresh room the registry starts.
     let mut attempts = 0;
     loop {
-        let (raw, decoded) = decode_update(body.to_vec()).await?;
+        let (raw, decoded) = decode_update(&app.decoder, body.to_vec()).await?;
         match app.registry.get(&doc).apply_update(raw, decoded).await {
             Ok(()) => return Ok(StatusCode::NO_CONTENT),
             Err(RoomError::Closed) if attempts < 4 && !app.shutdown.is_cancelled() => attempts += 1,

@@ -76,6 +76,9 @@ pub struct Limits {
     /// Updates larger than this are decoded on the blocking pool under `decode_timeout`
     /// (smaller ones inline: cheaper than a thread hop).
     pub decode_inline_max_bytes: usize,
+    /// Updates checked on the blocking pool at once, server-wide (a timed-out check still
+    /// holds its slot until it ends). Default: the number of CPUs, at least 2.
+    pub max_parallel_decodes: usize,
     /// Longest time one update may take to decode before the connection is closed (1007).
     #[serde(with = "humantime_secs")]
     pub decode_timeout: Duration,
@@ -102,6 +105,9 @@ impl Default for Limits {
             awareness_burst: 300.0,
             max_doc_bytes: 50 * 1024 * 1024,
             decode_inline_max_bytes: 4096,
+            max_parallel_decodes: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
             decode_timeout: Duration::from_secs(2),
         }
     }
@@ -307,6 +313,11 @@ impl Config {
         if l.max_message_bytes < 1024 {
             return Err(ConfigError::Limit(
                 "max_message_bytes must be at least 1024",
+            ));
+        }
+        if l.max_parallel_decodes == 0 {
+            return Err(ConfigError::Limit(
+                "max_parallel_decodes must be at least 1",
             ));
         }
         if l.outgoing_queue == 0 {

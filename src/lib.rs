@@ -5,6 +5,8 @@
 //! - [`server`]: shared state, the axum router, [`Server::start`] and graceful shutdown.
 //! - [`ws`]: the WebSocket upgrade (name, auth and limits checked before any client byte is
 //!   decoded) and the per-socket reader/writer session.
+//! - [`decode`]: bounded checking of client updates (inline when small; else a time limit and
+//!   a server-wide cap on concurrent checks).
 //! - [`protocol`]: y-websocket framing on top of `yrs::sync`, the ack extension, close codes.
 //! - [`room`]: one task per document owning its `Doc` and `Awareness`; the registry that starts
 //!   rooms on first use and unloads them when idle.
@@ -32,6 +34,7 @@ pub mod auth;
 pub mod body_deadline;
 pub mod cluster;
 pub mod config;
+pub mod decode;
 pub mod metrics;
 pub mod net;
 pub mod presence;

@@ -79,6 +79,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Open connections, globally and per IP (the caps of [`crate::net`]).
     pub conn_limiter: Arc<ConnLimiter>,
+    /// Checks client updates, with one cap on concurrent checks for the whole server.
+    pub decoder: Arc<crate::decode::Decoder>,
 }
 
 impl AppState {
@@ -312,6 +314,7 @@ impl Server {
                 config_limits.max_connections,
                 config_limits.max_connections_per_ip,
             ),
+            decoder: Arc::new(crate::decode::Decoder::new(&config_limits)),
         };
         let router = app(state.clone());
         let stop = state.shutdown.clone();

@@ -33,6 +33,7 @@ use yrs::sync::{Message, SyncMessage};
 
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::decode::{DecodeError, Decoder};
 use crate::protocol::{self, close, decode_client_frame};
 use crate::room::{ConnId, Incoming, Outbox, PeerInfo, PeerLink, RoomError, RoomHandle};
 use crate::server::AppState;
@@ -156,7 +157,13 @@ async fn join(start: Box<Start>) -> Result<Live, End> {
             unflushed: false,
             write_failed: false,
             inbound: None,
-            reader: Reader::new(app.config.clone(), room, conn, can_edit),
+            reader: Reader::new(
+                app.config.clone(),
+                app.decoder.clone(),
+                room,
+                conn,
+                can_edit,
+            ),
         }),
         Err(e) => {
             debug!(error = %e, "join refused");
@@ -455,6 +462,7 @@ impl Live {
 /// What the session needs to turn client frames into room commands.
 struct Reader {
     config: Arc<Config>,
+    decoder: Arc<Decoder>,
     room: RoomHandle,
     conn: ConnId,
     can_edit: bool,
@@ -468,9 +476,16 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(config: Arc<Config>, room: RoomHandle, conn: ConnId, can_edit: bool) -> Reader {
+    fn new(
+        config: Arc<Config>,
+        decoder: Arc<Decoder>,
+        room: RoomHandle,
+        conn: ConnId,
+        can_edit: bool,
+    ) -> Reader {
         let limits = &config.limits;
         Reader {
+            decoder,
             room,
             conn,
             can_edit,
@@ -560,7 +575,7 @@ impl Reader {
         {
             // A large update is decoded on the blocking pool: the whole frame waits for it.
             *inbound = Some(Box::pin(decode_then_send(
-                self.config.clone(),
+                self.decoder.clone(),
                 self.room.clone(),
                 self.conn,
                 messages,
@@ -661,7 +676,7 @@ fn is_update(m: &Message) -> bool {
 /// The slow path of a frame with a large update: decodes its updates (see [`decode_update`]),
 /// then sends it like any frame.
 async fn decode_then_send(
-    config: Arc<Config>,
+    decoder: Arc<Decoder>,
     room: RoomHandle,
     conn: ConnId,
     messages: Vec<Message>,
@@ -671,9 +686,16 @@ async fn decode_then_send(
     let mut incoming = Vec::with_capacity(messages.len());
     for m in messages {
         let decoded = match m {
-            Message::Sync(SyncMessage::SyncStep2(raw) | SyncMessage::Update(raw)) => {
-                Some(decode_update(raw, &config.limits).await)
-            }
+            Message::Sync(SyncMessage::SyncStep2(raw) | SyncMessage::Update(raw)) => Some(
+                decoder
+                    .decode(raw)
+                    .await
+                    .map(|(raw, decoded)| Incoming::Update { raw, decoded })
+                    .map_err(|e| match e {
+                        DecodeError::Invalid { raw, reason } => (raw, reason),
+                        e => (Vec::new(), e.to_string()),
+                    }),
+            ),
             other => Incoming::from_message(other),
         };
         match decoded {
@@ -705,42 +727,6 @@ async fn send_when_allowed(
         .map_err(room_closed)
 }
 
-/// Decodes a client's update. Small ones inline (cheaper than a thread hop); larger ones on
-/// the blocking pool under `decode_timeout`, so a pathological update cannot stall a runtime
-/// worker. The session awaits each decode, so one connection runs at most one at a time, and a
-/// timeout closes the connection (the abandoned decode finishes on its pool thread).
-pub async fn decode_update(
-    raw: Vec<u8>,
-    limits: &crate::config::Limits,
-) -> Result<Incoming, (Vec<u8>, String)> {
-    if raw.len() <= limits.decode_inline_max_bytes {
-        return match protocol::decode_update_checked(&raw) {
-            Ok(decoded) => Ok(Incoming::Update { raw, decoded }),
-            Err(e) => Err((raw, e)),
-        };
-    }
-    let started = tokio::time::Instant::now();
-    let job = tokio::task::spawn_blocking(move || {
-        let r = protocol::decode_update_checked(&raw);
-        (raw, r)
-    });
-    match tokio::time::timeout(limits.decode_timeout, job).await {
-        Err(_) => {
-            metrics::counter!("wedsync_decode_timeouts_total").increment(1);
-            Err((
-                Vec::new(),
-                format!("decoding took longer than {:?}", limits.decode_timeout),
-            ))
-        }
-        Ok(Err(join)) => Err((Vec::new(), format!("decoder failed: {join}"))),
-        Ok(Ok((raw, Ok(decoded)))) => {
-            metrics::histogram!("wedsync_offloaded_decode_seconds")
-                .record(started.elapsed().as_secs_f64());
-            Ok(Incoming::Update { raw, decoded })
-        }
-        Ok(Ok((raw, Err(e)))) => Err((raw, e)),
-    }
-}
 /// An update with no new structs (its first varuint, the number of clients with structs, is
 /// 0). A viewer's step 2 carries the document's delete set even when the viewer has nothing
 /// new, so "no structs" is the test, not the exact bytes `[0, 0]`; a viewer's deletions
