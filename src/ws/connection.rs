@@ -673,7 +673,7 @@ fn is_update(m: &Message) -> bool {
     )
 }
 
-/// The slow path of a frame with a large update: decodes its updates (see [`decode_update`]),
+/// The slow path of a frame with a large update: decodes its updates (see [`crate::decode`]),
 /// then sends it like any frame.
 async fn decode_then_send(
     decoder: Arc<Decoder>,
