@@ -12,7 +12,7 @@
 //! Redis lost the room's data. See docs/architecture.md ("Cluster mode") for the whole design;
 //! in short:
 //! - a room opens with one atomic script (snapshot + tail), then one reader task per node
-//!   (`XREAD BLOCK` on its own connection, [`reader`]) continues from where the tail ended and
+//!   (`XREAD BLOCK` on its own connection, `reader`) continues from where the tail ended and
 //!   hands other nodes' entries to the room;
 //! - an update is relayed and acked once Redis accepted it (`XADD` returned);
 //! - while Redis is unreachable a room keeps serving its node's clients and writes to the

@@ -1,7 +1,7 @@
 //! Rooms: one task per document, and the registry that finds or starts them.
 //!
 //! Why it exists: a Yjs document must see its updates in one order, and fan-out should encode
-//! each update once. So every document lives in exactly one task ([`task`]) that owns its `Doc`
+//! each update once. So every document lives in exactly one task (`task`) that owns its `Doc`
 //! and `Awareness` — never shared behind a lock with connection tasks — and talks to the rest
 //! of the server through a bounded command channel ([`RoomHandle`]). The [`Registry`] maps
 //! document names to running rooms, starts a room on first use (the room loads its state before

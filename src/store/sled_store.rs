@@ -18,7 +18,7 @@
 //! prefix with "ab". Big-endian sequence numbers sort numerically, so a prefix scan returns the
 //! snapshot first and then the log oldest first: exactly the order of [`StoredDoc`].
 //!
-//! Every value is `[bincode RecordHeader][payload]`; see [`RecordHeader`].
+//! Every value is `[bincode RecordHeader][payload]`; see `RecordHeader`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};

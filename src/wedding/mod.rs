@@ -9,7 +9,7 @@
 //! Layout:
 //! - [`schema`]: root type names, field names and types, allowed values, [`Section`].
 //! - [`plan`]: the JSON view of the plan, message paging, and the validated writers.
-//! - [`conflicts`]: the deterministic list of [`Conflict`]s in a document state.
+//! - [`conflicts`](mod@conflicts): the deterministic list of [`Conflict`]s in a document state.
 //!
 //! docs/schema.md describes the same layout for front-end developers.
 

@@ -3,7 +3,7 @@
 //! Why it exists: the Y.Doc layout is a contract shared with every JavaScript client
 //! (docs/schema.md). Keeping every root name, field name, field type and allowed value in one
 //! table means the view ([`super::plan`]), the writers and the conflict checker
-//! ([`super::conflicts`]) cannot disagree about what a plan looks like.
+//! ([`super::conflicts`](mod@super::conflicts)) cannot disagree about what a plan looks like.
 
 use std::fmt;
 use std::str::FromStr;
