@@ -8,12 +8,13 @@
 //! wait for each *frame*, which a dribbling client resets with every byte. Here the whole body
 //! must arrive within `limits.body_read_timeout` of the request's headers.
 //!
-//! How: a middleware wraps the body of every request that has one in [`DeadlineBody`], which
-//! fails once the deadline passes. Handlers still decide when to read their body (the wedding
-//! endpoints authorize first, so a caller without rights gets 401/403 whatever it sends); when
-//! the deadline fired while a handler was reading, the middleware replaces the handler's
-//! answer (a body error) with a clear `408 body_timeout` and closes the connection, whose
-//! unread remainder would otherwise be taken for the next request.
+//! How: a middleware wraps the body of every request that has one (HTTP/1.1 with a length or
+//! chunked, HTTP/2 with data frames to come) in [`DeadlineBody`], which fails once the deadline
+//! passes. Extractors read the body before a handler runs, so a handler sees the failure as a
+//! body error (and may then answer anything: 400, or 401 for a caller it would refuse anyway);
+//! whenever the deadline fired during the request, the middleware answers `408 body_timeout`
+//! instead. Over HTTP/1.1 it also closes the connection, whose unread remainder would otherwise
+//! be taken for the next request; over HTTP/2 only that stream ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -63,13 +64,11 @@ pub async fn enforce(State(app): State<AppState>, req: Request, next: Next) -> R
     response
 }
 
-/// Whether the request announces a body (a length above zero, or a chunked one).
+/// Whether the request may carry a body. Asked of the body itself, not of the headers: an
+/// HTTP/2 request announces its body with neither `content-length` nor `transfer-encoding`,
+/// and a body-less request (a WebSocket upgrade, any GET) is already at its end.
 fn has_body(req: &Request) -> bool {
-    let headers = req.headers();
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.to_str().map_or(true, |v| v.trim() != "0"))
+    !http_body::Body::is_end_stream(req.body())
 }
 
 /// A request body that fails (and says so through `expired`) once its deadline has passed.
@@ -131,20 +130,13 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn request(headers: &[(&str, &str)]) -> Request {
-        let mut b = axum::http::Request::builder().method("POST").uri("/x");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(Body::empty()).unwrap()
-    }
-
     #[test]
-    fn a_body_is_announced_by_a_length_above_zero_or_chunking() {
-        assert!(!has_body(&request(&[])));
-        assert!(!has_body(&request(&[("content-length", "0")])));
-        assert!(has_body(&request(&[("content-length", "12")])));
-        assert!(has_body(&request(&[("transfer-encoding", "chunked")])));
+    fn only_a_request_with_a_body_gets_a_deadline() {
+        let with = |body: Body| axum::http::Request::post("/x").body(body).unwrap();
+        assert!(!has_body(&with(Body::empty())));
+        assert!(has_body(&with(Body::from("x"))));
+        let stream = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        assert!(has_body(&with(Body::from_stream(stream))));
     }
 
     #[tokio::test(start_paused = true)]

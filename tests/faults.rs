@@ -445,6 +445,65 @@ async fn slowloris_and_idle_sockets_are_closed_within_the_deadlines() {
     .await
 }
 
+/// Sends `head`, then `drip` every 200 ms, collecting what the server answers, until it closes
+/// the connection (returns when, from the first drip) or 10 s passed.
+async fn dribble_request(addr: SocketAddr, head: &[u8], drip: &[u8]) -> (String, Option<Duration>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 2048];
+    let closed = loop {
+        let _ = s.write_all(drip).await;
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+    };
+    (String::from_utf8_lossy(&reply).to_string(), closed)
+}
+
+/// The same slow body over HTTP/2 (prior knowledge, as hyper serves it): no `content-length`,
+/// no `transfer-encoding`, one byte every 200 ms. Returns the status and the body.
+async fn dribble_h2(addr: SocketAddr) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = axum::http::Request::post("http://x/api/docs/slowpost/update")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(req, false).unwrap();
+    let drip = tokio::spawn(async move {
+        for _ in 0..50 {
+            if stream
+                .send_data(bytes::Bytes::from_static(b"x"), false)
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    drip.abort();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_post_body_gets_408_at_the_deadline_and_a_prompt_one_is_served() {
     bounded(
@@ -454,44 +513,38 @@ async fn a_slow_post_body_gets_408_at_the_deadline_and_a_prompt_one_is_served() 
                 c.limits.body_read_timeout = Duration::from_secs(1);
             })
             .await;
-            // A slow POST: headers announce 4,000 bytes, then one byte every 200 ms (each byte
-            // would reset a per-read timeout; the deadline is for the whole body).
-            let mut slow = TcpStream::connect(srv.addr).await.unwrap();
-            slow.write_all(
-                b"POST /api/docs/slowpost/update HTTP/1.1\r\nHost: x\r\n\
-                  content-type: application/octet-stream\r\ncontent-length: 4000\r\n\r\n",
-            )
-            .await
-            .unwrap();
-            let started = Instant::now();
-            let mut reply = Vec::new();
-            let mut buf = [0u8; 2048];
-            let closed = loop {
-                let _ = slow.write_all(b"x").await;
-                match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
-                    Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
-                    Err(_) => {}
-                }
-                if started.elapsed() > Duration::from_secs(10) {
-                    break None;
-                }
-            };
-            let reply = String::from_utf8_lossy(&reply).to_string();
-            eprintln!(
-                "[slow POST] body_read_timeout 1 s: closed after {closed:?}, reply {reply:?}"
-            );
-            assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-            assert!(
-                reply.to_ascii_lowercase().contains("connection: close"),
-                "{reply}"
-            );
-            assert!(reply.contains(r#""code":"body_timeout""#), "{reply}");
-            let closed = closed.expect("the slow POST's connection is closed");
-            assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4));
+            // Slow POSTs: the headers in time, then one byte every 200 ms (each byte would reset
+            // a per-read timeout; the deadline is for the whole body). Over HTTP/1.1 with a
+            // declared length and chunked, and over HTTP/2.
+            let declared: &[u8] = b"POST /api/docs/slowpost/update HTTP/1.1\r\nHost: x\r\n\
+                  content-type: application/octet-stream\r\ncontent-length: 4000\r\n\r\n";
+            let chunked: &[u8] = b"POST /api/docs/slowpost/update HTTP/1.1\r\nHost: x\r\n\
+                  transfer-encoding: chunked\r\n\r\n";
+            for (kind, head, drip) in [
+                ("content-length", declared, &b"x"[..]),
+                ("chunked", chunked, &b"1\r\nx\r\n"[..]),
+            ] {
+                let (reply, closed) = dribble_request(srv.addr, head, drip).await;
+                eprintln!(
+                    "[slow POST, {kind}] body_read_timeout 1 s: closed after {closed:?}, reply {reply:?}"
+                );
+                assert!(reply.starts_with("HTTP/1.1 408"), "{kind}: {reply}");
+                assert!(
+                    reply.to_ascii_lowercase().contains("connection: close"),
+                    "{kind}: {reply}"
+                );
+                assert!(reply.contains(r#""code":"body_timeout""#), "{kind}: {reply}");
+                let closed = closed.expect("the slow POST's connection is closed");
+                assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4));
+            }
+            let (status, body) = dribble_h2(srv.addr).await;
+            eprintln!("[slow POST, HTTP/2] status {status}, body {body}");
+            assert_eq!(status, 408, "{body}");
+            assert!(body.contains(r#""code":"body_timeout""#), "{body}");
 
             // A body that arrives in time is read as before (here: not an update, so 400), on
             // a keep-alive connection that then serves another request.
+            let mut buf = [0u8; 2048];
             let mut prompt = TcpStream::connect(srv.addr).await.unwrap();
             prompt
                 .write_all(
