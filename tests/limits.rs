@@ -424,66 +424,73 @@ async fn frames_to_a_client_keep_flowing_while_its_own_frames_wait() {
 
 /// With one offloaded check allowed at a time for the whole server (`max_parallel_decodes`),
 /// updates from many sockets and an HTTP POST, all checked on the blocking pool, wait their
-/// turn: every one is applied and relayed, nobody is closed. (That no more than the cap run at
-/// once, and that a timed-out check keeps its slot, is pinned in `decode.rs`'s unit tests.)
+/// turn: every one is applied and relayed, nobody is closed, and a slot that is never given
+/// back would show as a timeout here. (That no more than the cap run at once, and that a
+/// timed-out check keeps its slot, is pinned in `decode.rs`'s unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_over_the_server_wide_cap_wait_their_turn_and_nothing_is_lost() {
-    let srv = TestServer::start_with(|c| {
-        c.limits.decode_inline_max_bytes = 0;
-        c.limits.max_parallel_decodes = 1;
-    })
-    .await;
-    let url = srv.url("queue");
-    let writers = 6;
-    let edits = 20;
-    let mut clients = Vec::new();
-    for _ in 0..writers {
-        clients.push(Client::connect(&url).await);
-    }
-    let mut tasks = Vec::new();
-    for (w, mut c) in clients.into_iter().enumerate() {
-        tasks.push(tokio::spawn(async move {
-            let text = c.doc.get_or_insert_text(format!("w{w}").as_str());
-            for i in 0..edits {
-                c.edit(|txn| text.push(txn, &format!("{i:02};"))).await;
-            }
-            c
-        }));
-    }
-    // An HTTP update at the same time goes through the same cap.
-    let http_update = {
-        let d = Doc::new();
-        let t = d.get_or_insert_text("http");
-        t.push(&mut d.transact_mut(), "posted");
-        let txn = d.transact();
-        yrs::ReadTxn::encode_state_as_update_v1(&txn, &yrs::StateVector::default())
+    let run = async {
+        let srv = TestServer::start_with(|c| {
+            c.limits.decode_inline_max_bytes = 0;
+            c.limits.max_parallel_decodes = 1;
+        })
+        .await;
+        let url = srv.url("queue");
+        let writers = 6;
+        let edits = 20;
+        let mut clients = Vec::new();
+        for _ in 0..writers {
+            clients.push(Client::connect(&url).await);
+        }
+        let mut tasks = Vec::new();
+        for (w, mut c) in clients.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let text = c.doc.get_or_insert_text(format!("w{w}").as_str());
+                for i in 0..edits {
+                    c.edit(|txn| text.push(txn, &format!("{i:02};"))).await;
+                }
+                c
+            }));
+        }
+        // An HTTP update at the same time goes through the same cap.
+        let http_update = {
+            let d = Doc::new();
+            let t = d.get_or_insert_text("http");
+            t.push(&mut d.transact_mut(), "posted");
+            let txn = d.transact();
+            yrs::ReadTxn::encode_state_as_update_v1(&txn, &yrs::StateVector::default())
+        };
+        let posted = reqwest::Client::new()
+            .post(srv.http("/api/docs/queue/update"))
+            .body(http_update)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status().as_u16(), 204);
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        let expected: String = (0..edits).map(|i| format!("{i:02};")).collect();
+        let complete = |d: &Doc| {
+            // (the shared types first: yrs would deadlock making one under an open transaction)
+            let texts: Vec<_> = (0..writers)
+                .map(|w| d.get_or_insert_text(format!("w{w}").as_str()))
+                .collect();
+            let http = d.get_or_insert_text("http");
+            let txn = d.transact();
+            texts.iter().all(|t| t.get_string(&txn) == expected)
+                && http.get_string(&txn) == "posted"
+        };
+        for c in clients.iter_mut() {
+            assert!(c.wait_doc(|d| complete(d)).await, "a client misses updates");
+            assert!(c.closed.is_none(), "closed: {:?}", c.closed);
+        }
+        let fresh = Client::connect(&url).await;
+        assert!(complete(&fresh.doc));
+        srv.stop().await;
     };
-    let posted = reqwest::Client::new()
-        .post(srv.http("/api/docs/queue/update"))
-        .body(http_update)
-        .send()
+    tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .unwrap();
-    assert_eq!(posted.status().as_u16(), 204);
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.unwrap());
-    }
-    let expected: String = (0..edits).map(|i| format!("{i:02};")).collect();
-    let complete = |d: &Doc| {
-        // (the shared types first: yrs would deadlock making one under an open transaction)
-        let texts: Vec<_> = (0..writers)
-            .map(|w| d.get_or_insert_text(format!("w{w}").as_str()))
-            .collect();
-        let http = d.get_or_insert_text("http");
-        let txn = d.transact();
-        texts.iter().all(|t| t.get_string(&txn) == expected) && http.get_string(&txn) == "posted"
-    };
-    for c in clients.iter_mut() {
-        assert!(c.wait_doc(|d| complete(d)).await, "a client misses updates");
-        assert!(c.closed.is_none(), "closed: {:?}", c.closed);
-    }
-    let fresh = Client::connect(&url).await;
-    assert!(complete(&fresh.doc));
-    srv.stop().await;
+        .expect("every check ran within 60 s (a slot not given back stalls the rest)");
 }
