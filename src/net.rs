@@ -156,27 +156,6 @@ impl ConnLimiter {
     }
 }
 
-/// Connections the kernel may hold completed but not yet accepted. tokio's `TcpListener::bind`
-/// asks for 1,024; a burst larger than that (every phone reconnecting after a network blip, or
-/// the fault suite's 2,000-connection flood) overflows it while the accept loop is busy, and the
-/// kernel then drops the clients' handshake ACKs: their SYN-ACK is re-sent after 1 s, then 3 s,
-/// so a client that thinks it is connected waits seconds for its first byte. The kernel clamps
-/// this to `net.core.somaxconn` (4,096 by default since Linux 5.4).
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds the listening socket (address reuse as `TcpListener::bind` sets it, and a backlog of
-/// `LISTEN_BACKLOG`, 4,096).
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// Accepts connections until `stop` is cancelled, then lets the HTTP connections finish their
 /// current request (WebSocket sessions are ended by the server's own shutdown).
 pub async fn serve(
